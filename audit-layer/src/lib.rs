@@ -1,0 +1,1 @@
+//! Security event schema, anomaly detection and audit sinks (not built yet: see issue 6).

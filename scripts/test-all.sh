@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian machine: installs what the tests need
+# (redis-server for the shared replay cache and rate limiter, keyutils for the kernel keyring),
+# then builds and runs all unit, integration and doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v keyctl >/dev/null 2>&1 || need+=(keyutils)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Tests start their own redis-server on a free loopback port (testkit::redis); they find the
+# binary here.
+export PORTCULLIS_REDIS_SERVER="${PORTCULLIS_REDIS_SERVER:-$(command -v redis-server)}"
+
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
