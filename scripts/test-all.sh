@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Debian machine: installs what the tests need
-# (redis-server for the shared replay cache and rate limiter, keyutils for the kernel keyring),
+# (redis-server for the shared replay cache and rate limiter, keyutils for the kernel keyring,
+# openssl for the legacy-TLS server and the pin cross-checks),
 # then builds and runs all unit, integration and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v keyctl >/dev/null 2>&1 || need+=(keyutils)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
