@@ -1,0 +1,408 @@
+//! Signature algorithms and key material (RFC 9421 §3.3).
+
+use std::fmt;
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING, ED25519,
+};
+use aws_lc_rs::{constant_time, hmac};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivateKeyDer, SubjectPublicKeyInfoDer};
+use secrecy::{ExposeSecret, SecretSlice};
+use zeroize::Zeroizing;
+
+use crate::error::{KeyError, Redacted};
+
+/// An RFC 9421 signature algorithm from the HTTP Signature Algorithms registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// `ed25519`: EdDSA over Curve25519 (RFC 9421 §3.3.6).
+    Ed25519,
+    /// `ecdsa-p256-sha256`: ECDSA over P-256 with SHA-256, `r || s` encoding (§3.3.4).
+    EcdsaP256Sha256,
+    /// `hmac-sha256`: HMAC with SHA-256 and a shared secret (§3.3.3).
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// Every algorithm this crate implements.
+    pub const ALL: [Algorithm; 3] = [Self::Ed25519, Self::EcdsaP256Sha256, Self::HmacSha256];
+
+    /// The registry name, as it appears in the `alg` parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ed25519 => "ed25519",
+            Self::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+            Self::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    /// Looks an algorithm up by its registry name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// Whether the algorithm is symmetric (a shared secret).
+    pub fn is_symmetric(self) -> bool {
+        matches!(self, Self::HmacSha256)
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a signing key's secret bytes come from: a keyring, a secure enclave export, a file.
+///
+/// The bytes are a PKCS#8 DER private key (ed25519, P-256) or the raw HMAC secret. Closures
+/// `Fn(&str) -> Result<SecretSlice<u8>, KeyError>` implement it, so a `SecretStore` of the
+/// token layer plugs in with one line.
+pub trait SecretSource: Send + Sync {
+    /// Loads the secret stored under `name`.
+    ///
+    /// # Errors
+    /// When the store cannot be read or holds nothing under `name`.
+    fn load(&self, name: &str) -> Result<SecretSlice<u8>, KeyError>;
+}
+
+impl<F> SecretSource for F
+where
+    F: Fn(&str) -> Result<SecretSlice<u8>, KeyError> + Send + Sync,
+{
+    fn load(&self, name: &str) -> Result<SecretSlice<u8>, KeyError> {
+        self(name)
+    }
+}
+
+enum SigningInner {
+    Ed25519(Ed25519KeyPair),
+    Ecdsa(EcdsaKeyPair),
+    Hmac(hmac::Key),
+}
+
+/// A private signing key (or HMAC secret) with its `keyid`. Cheap to clone.
+///
+/// `Debug` shows the key id and algorithm only, never key material.
+#[derive(Clone)]
+pub struct SigningKey {
+    keyid: Arc<str>,
+    alg: Algorithm,
+    inner: Arc<SigningInner>,
+    public: VerifyingKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("keyid", &self.keyid)
+            .field("alg", &self.alg)
+            .field("secret", &Redacted)
+            .finish()
+    }
+}
+
+fn rejected(alg: Algorithm, e: impl fmt::Display) -> KeyError {
+    KeyError::Rejected { alg: alg.as_str(), reason: e.to_string() }
+}
+
+impl SigningKey {
+    /// Generates a fresh ed25519 key.
+    ///
+    /// # Errors
+    /// When the system random generator fails.
+    pub fn generate_ed25519(keyid: impl Into<Arc<str>>) -> Result<Self, KeyError> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|e| rejected(Algorithm::Ed25519, e))?;
+        Self::from_pkcs8_der(keyid, Algorithm::Ed25519, doc.as_ref())
+    }
+
+    /// Generates a fresh ECDSA P-256 key.
+    ///
+    /// # Errors
+    /// When the system random generator fails.
+    pub fn generate_ecdsa_p256(keyid: impl Into<Arc<str>>) -> Result<Self, KeyError> {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
+        Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, doc.as_ref())
+    }
+
+    /// An `hmac-sha256` key from a shared secret of at least 32 bytes.
+    ///
+    /// # Errors
+    /// [`KeyError::ShortSecret`] for a secret under 32 bytes.
+    pub fn hmac_sha256(keyid: impl Into<Arc<str>>, secret: &SecretSlice<u8>) -> Result<Self, KeyError> {
+        let bytes = secret.expose_secret();
+        if bytes.len() < 32 {
+            return Err(KeyError::ShortSecret(bytes.len()));
+        }
+        let verify = VerifyingKey::hmac_sha256(secret)?;
+        Ok(Self {
+            keyid: keyid.into(),
+            alg: Algorithm::HmacSha256,
+            inner: Arc::new(SigningInner::Hmac(hmac::Key::new(hmac::HMAC_SHA256, bytes))),
+            public: verify,
+        })
+    }
+
+    /// A key from PKCS#8 DER bytes (ed25519 or P-256), or the raw secret for `hmac-sha256`.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid key for `alg`.
+    pub fn from_pkcs8_der(keyid: impl Into<Arc<str>>, alg: Algorithm, der: &[u8]) -> Result<Self, KeyError> {
+        let keyid = keyid.into();
+        match alg {
+            Algorithm::Ed25519 => {
+                let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| rejected(alg, e))?;
+                let public = VerifyingKey::from_raw_public(alg, kp.public_key().as_ref())?;
+                Ok(Self { keyid, alg, inner: Arc::new(SigningInner::Ed25519(kp)), public })
+            }
+            Algorithm::EcdsaP256Sha256 => {
+                let kp = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|e| rejected(alg, e))?;
+                let public = VerifyingKey::from_raw_public(alg, kp.public_key().as_ref())?;
+                Ok(Self { keyid, alg, inner: Arc::new(SigningInner::Ecdsa(kp)), public })
+            }
+            Algorithm::HmacSha256 => Self::hmac_sha256(keyid, &SecretSlice::from(der.to_vec())),
+        }
+    }
+
+    /// A key from PEM text: `PRIVATE KEY` (PKCS#8, ed25519 or P-256) or `EC PRIVATE KEY` (SEC1, P-256).
+    ///
+    /// # Errors
+    /// When the PEM holds no private key of a supported kind.
+    pub fn from_pem(keyid: impl Into<Arc<str>>, pem: &str) -> Result<Self, KeyError> {
+        let keyid = keyid.into();
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let bytes = Zeroizing::new(der.secret_der().to_vec());
+        match der {
+            PrivateKeyDer::Pkcs8(_) => Self::from_pkcs8_der(keyid.clone(), Algorithm::Ed25519, &bytes)
+                .or_else(|_| Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes)),
+            PrivateKeyDer::Sec1(_) => Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes),
+            _ => Err(KeyError::Pem("RSA keys are not supported; use ed25519 or ecdsa-p256".into())),
+        }
+    }
+
+    /// A key from a private JWK: `OKP`/`Ed25519`, `EC`/`P-256` or `oct` (HMAC). The `kid`
+    /// member names the key unless `keyid` is given.
+    ///
+    /// # Errors
+    /// When the JSON is not a supported private JWK.
+    pub fn from_jwk(keyid: Option<&str>, jwk: &str) -> Result<Self, KeyError> {
+        let j: serde_json::Value = serde_json::from_str(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        let field = |name: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
+            let s = j.get(name).and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
+            URL_SAFE_NO_PAD
+                .decode(s.trim_end_matches('='))
+                .map(Zeroizing::new)
+                .map_err(|_| KeyError::Jwk(format!("member {name:?} is not base64url")))
+        };
+        let kid: Arc<str> = match keyid {
+            Some(k) => k.into(),
+            None => j.get("kid").and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk("no keyid given and no kid member".into()))?.into(),
+        };
+        match (j.get("kty").and_then(|v| v.as_str()), j.get("crv").and_then(|v| v.as_str())) {
+            (Some("OKP"), Some("Ed25519")) => {
+                let (d, x) = (field("d")?, field("x")?);
+                let kp = Ed25519KeyPair::from_seed_and_public_key(&d, &x).map_err(|e| rejected(Algorithm::Ed25519, e))?;
+                let public = VerifyingKey::from_raw_public(Algorithm::Ed25519, &x)?;
+                Ok(Self { keyid: kid, alg: Algorithm::Ed25519, inner: Arc::new(SigningInner::Ed25519(kp)), public })
+            }
+            (Some("EC"), Some("P-256")) => {
+                let (d, x, y) = (field("d")?, field("x")?, field("y")?);
+                let mut point = vec![4u8];
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                let kp = EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P256_SHA256_FIXED_SIGNING, &d, &point)
+                    .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
+                let public = VerifyingKey::from_raw_public(Algorithm::EcdsaP256Sha256, &point)?;
+                Ok(Self { keyid: kid, alg: Algorithm::EcdsaP256Sha256, inner: Arc::new(SigningInner::Ecdsa(kp)), public })
+            }
+            (Some("oct"), _) => Self::hmac_sha256(kid, &SecretSlice::from(field("k")?.to_vec())),
+            (kty, crv) => Err(KeyError::Jwk(format!("unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519, EC/P-256 or oct"))),
+        }
+    }
+
+    /// Loads the key named `name` from a secret source (a keyring, secure storage).
+    ///
+    /// # Errors
+    /// When the source fails or its bytes are not a key for `alg`.
+    pub fn from_source(keyid: impl Into<Arc<str>>, alg: Algorithm, source: &dyn SecretSource, name: &str) -> Result<Self, KeyError> {
+        let secret = source.load(name)?;
+        Self::from_pkcs8_der(keyid, alg, secret.expose_secret())
+    }
+
+    /// The key id sent in the `keyid` parameter.
+    pub fn keyid(&self) -> &str {
+        &self.keyid
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The matching verification key (the public key; for HMAC the same secret).
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.public.clone()
+    }
+
+    /// The public key as a JWK (`OKP` or `EC`), with `kid`; `None` for HMAC keys.
+    pub fn public_jwk(&self) -> Option<serde_json::Value> {
+        self.public.public_jwk(Some(&self.keyid))
+    }
+
+    /// Signs `message` (a signature base).
+    ///
+    /// # Errors
+    /// When the crypto library fails.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let err = || KeyError::Sign { keyid: self.keyid.to_string() };
+        match &*self.inner {
+            SigningInner::Ed25519(kp) => kp.try_sign(message).map(|s| s.as_ref().to_vec()).map_err(|_| err()),
+            SigningInner::Ecdsa(kp) => kp.sign(&SystemRandom::new(), message).map(|s| s.as_ref().to_vec()).map_err(|_| err()),
+            SigningInner::Hmac(k) => Ok(hmac::sign(k, message).as_ref().to_vec()),
+        }
+    }
+}
+
+enum VerifyInner {
+    Public(ParsedPublicKey),
+    Hmac(hmac::Key),
+}
+
+/// A key that verifies signatures: a public key, or the shared secret for `hmac-sha256`.
+///
+/// The key decides the algorithm: a signature is only ever checked with the algorithm
+/// bound to its key, whatever the message's `alg` parameter says.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    alg: Algorithm,
+    inner: Arc<VerifyInner>,
+    /// The raw public key (ed25519 32 bytes, P-256 uncompressed point); empty for HMAC.
+    raw: Arc<[u8]>,
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("VerifyingKey");
+        d.field("alg", &self.alg);
+        if self.alg.is_symmetric() {
+            d.field("secret", &Redacted);
+        } else {
+            d.field("public", &URL_SAFE_NO_PAD.encode(&self.raw));
+        }
+        d.finish()
+    }
+}
+
+impl VerifyingKey {
+    /// A public key from raw bytes: 32 bytes for ed25519, an uncompressed or SPKI P-256 point.
+    ///
+    /// # Errors
+    /// When the bytes are not a valid public key for `alg`, or `alg` is symmetric.
+    pub fn from_raw_public(alg: Algorithm, bytes: &[u8]) -> Result<Self, KeyError> {
+        let verification: &'static dyn signature::VerificationAlgorithm = match alg {
+            Algorithm::Ed25519 => &ED25519,
+            Algorithm::EcdsaP256Sha256 => &ECDSA_P256_SHA256_FIXED,
+            Algorithm::HmacSha256 => return Err(rejected(alg, "hmac keys have no public half")),
+        };
+        let parsed = ParsedPublicKey::new(verification, bytes).map_err(|e| rejected(alg, e))?;
+        let raw: Arc<[u8]> = match alg {
+            Algorithm::Ed25519 if bytes.len() == 32 => Arc::from(bytes),
+            Algorithm::EcdsaP256Sha256 if bytes.len() == 65 => Arc::from(bytes),
+            // SPKI: the key sits at the end of the BIT STRING.
+            Algorithm::Ed25519 if bytes.len() > 32 => Arc::from(&bytes[bytes.len() - 32..]),
+            Algorithm::EcdsaP256Sha256 if bytes.len() > 65 => Arc::from(&bytes[bytes.len() - 65..]),
+            _ => return Err(rejected(alg, "unexpected public key length")),
+        };
+        Ok(Self { alg, inner: Arc::new(VerifyInner::Public(parsed)), raw })
+    }
+
+    /// A public key from `PUBLIC KEY` PEM (SPKI); the algorithm is read from the key.
+    ///
+    /// # Errors
+    /// When the PEM is not an ed25519 or P-256 public key.
+    pub fn from_public_pem(pem: &str) -> Result<Self, KeyError> {
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).map_err(|e| KeyError::Pem(e.to_string()))?;
+        Self::from_raw_public(Algorithm::Ed25519, der.as_ref())
+            .or_else(|_| Self::from_raw_public(Algorithm::EcdsaP256Sha256, der.as_ref()))
+    }
+
+    /// An `hmac-sha256` verification key from the shared secret.
+    ///
+    /// # Errors
+    /// [`KeyError::ShortSecret`] for a secret under 32 bytes.
+    pub fn hmac_sha256(secret: &SecretSlice<u8>) -> Result<Self, KeyError> {
+        let bytes = secret.expose_secret();
+        if bytes.len() < 32 {
+            return Err(KeyError::ShortSecret(bytes.len()));
+        }
+        Ok(Self {
+            alg: Algorithm::HmacSha256,
+            inner: Arc::new(VerifyInner::Hmac(hmac::Key::new(hmac::HMAC_SHA256, bytes))),
+            raw: Arc::from(&[][..]),
+        })
+    }
+
+    /// A public key from a public JWK (`OKP`/`Ed25519` or `EC`/`P-256`).
+    ///
+    /// # Errors
+    /// When the JWK is not a supported public key.
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, KeyError> {
+        let field = |name: &str| -> Result<Vec<u8>, KeyError> {
+            let s = jwk.get(name).and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
+            URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| KeyError::Jwk(format!("member {name:?} is not base64url")))
+        };
+        match (jwk.get("kty").and_then(|v| v.as_str()), jwk.get("crv").and_then(|v| v.as_str())) {
+            (Some("OKP"), Some("Ed25519")) => Self::from_raw_public(Algorithm::Ed25519, &field("x")?),
+            (Some("EC"), Some("P-256")) => {
+                let mut point = vec![4u8];
+                point.extend_from_slice(&field("x")?);
+                point.extend_from_slice(&field("y")?);
+                Self::from_raw_public(Algorithm::EcdsaP256Sha256, &point)
+            }
+            (kty, crv) => Err(KeyError::Jwk(format!("unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519 or EC/P-256"))),
+        }
+    }
+
+    /// The algorithm bound to this key.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The public key as a JWK; `None` for HMAC keys.
+    pub fn public_jwk(&self, kid: Option<&str>) -> Option<serde_json::Value> {
+        let mut v = match self.alg {
+            Algorithm::Ed25519 => serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&self.raw)}),
+            Algorithm::EcdsaP256Sha256 => serde_json::json!({
+                "kty": "EC", "crv": "P-256",
+                "x": URL_SAFE_NO_PAD.encode(&self.raw[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&self.raw[33..65]),
+            }),
+            Algorithm::HmacSha256 => return None,
+        };
+        if let (Some(kid), Some(obj)) = (kid, v.as_object_mut()) {
+            obj.insert("kid".into(), kid.into());
+        }
+        Some(v)
+    }
+
+    /// Verifies `signature` over `message`; HMAC tags are compared in constant time.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match &*self.inner {
+            VerifyInner::Public(k) => k.verify_sig(message, signature).is_ok(),
+            VerifyInner::Hmac(k) => {
+                let expected = hmac::sign(k, message);
+                constant_time::verify_slices_are_equal(expected.as_ref(), signature).is_ok()
+            }
+        }
+    }
+}
