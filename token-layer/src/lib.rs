@@ -1,1 +1,13 @@
-//! Secret stores, short-lived token rotation, bearer injection and bearer validation (not built yet: see issue 3).
+//! Secret stores, short-lived token rotation, bearer injection and bearer validation for tower.
+
+pub mod bearer;
+pub mod header;
+pub mod secret;
+pub mod token;
+
+pub use bearer::{Bearer, BearerLayer};
+pub use secret::{FileKey, FileStore, KeyringStore, MemoryStore, SecretStore, SecretValue};
+pub use token::{AccessToken, OAuthRefresh, Refresh, TokenSource};
+
+/// Boxed error used by the layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
