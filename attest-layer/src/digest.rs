@@ -1,8 +1,6 @@
 //! RFC 9530 `Content-Digest`: computing, parsing and checking it while the body streams.
 
 use aws_lc_rs::{constant_time, digest};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 
 use crate::error::HeaderError;
 
@@ -130,9 +128,4 @@ impl ExpectedDigest {
                 .is_some_and(|(_, got)| constant_time::verify_slices_are_equal(got, want).is_ok())
         })
     }
-}
-
-/// Base64 of a digest, for logs and tests.
-pub(crate) fn b64(bytes: &[u8]) -> String {
-    STANDARD.encode(bytes)
 }

@@ -1,5 +1,6 @@
 //! RFC 9421 request signing and verification, replay protection, device attestation and DPoP.
 
+mod body;
 pub mod clock;
 pub mod components;
 pub mod digest;
@@ -8,6 +9,8 @@ pub mod key;
 pub mod params;
 pub mod replay;
 pub mod resolver;
+pub mod sign;
+pub mod verify;
 
 pub use crate::clock::{Clock, SystemClock, TokioClock};
 pub use crate::components::{Component, RequestParts};
@@ -19,3 +22,5 @@ pub use crate::replay::{MemoryReplayCache, ReplayCache, ReplayError};
 #[cfg(feature = "redis")]
 pub use crate::replay::RedisReplayCache;
 pub use crate::resolver::{JwksKeys, KeyResolver, RotatingKeys, StaticKeys};
+pub use crate::sign::{Sign, SignLayer};
+pub use crate::verify::{Reason, VerifiedSignature, VerifySignature, VerifySignatureLayer};
