@@ -52,5 +52,6 @@
 //! # }
 //! ```
 
+pub mod circuit_breaker;
 pub mod classify;
 pub mod retry;
