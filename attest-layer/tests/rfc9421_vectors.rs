@@ -124,3 +124,66 @@ fn rfc_signature_input_round_trips_through_the_parser() {
     assert_eq!(parsed[0].1.tag().unwrap(), Some("header-example"));
     assert_eq!(serialize_signature_input("sig-b22", &parsed[0].1).unwrap(), text);
 }
+
+mod common;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use portcullis_attest::{StaticKeys, VerifySignatureLayer};
+use tower::{Layer, ServiceExt};
+
+/// The RFC's `test-request` carrying the RFC's own `Signature-Input` and `Signature`.
+fn rfc_signed_request(input: &str, signature: &str, date: &str) -> Request<Full<Bytes>> {
+    Request::post("/foo?param=Value&Pet=dog")
+        .header("host", "example.com")
+        .header("date", date)
+        .header("content-type", "application/json")
+        .header("content-digest", CONTENT_DIGEST)
+        .header("content-length", "18")
+        .header("signature-input", input)
+        .header("signature", signature)
+        .body(Full::from("{\"hello\": \"world\"}"))
+        .unwrap()
+}
+
+async fn verify_rfc(layer: &VerifySignatureLayer, req: Request<Full<Bytes>>) -> (u16, String, String) {
+    common::outcome(layer.layer(common::app()).oneshot(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn rfc_b26_signed_request_verifies_through_the_layer() {
+    let keys = StaticKeys::new().with("test-key-ed25519", VerifyingKey::from_public_pem(ED25519_PUBLIC).unwrap());
+    let layer = VerifySignatureLayer::builder(keys)
+        .label("sig-b26")
+        .require_components(["@method", "@path", "@authority", "date"])
+        .allow_missing_nonce()
+        .allow_unsigned_body()
+        .clock(|| 1618884473 + 10)
+        .build()
+        .unwrap();
+    let input = "sig-b26=(\"date\" \"@method\" \"@path\" \"@authority\" \"content-type\" \"content-length\");created=1618884473;keyid=\"test-key-ed25519\"";
+    let sig = "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPpBKRCw==:";
+    let ok = verify_rfc(&layer, rfc_signed_request(input, sig, "Tue, 20 Apr 2021 02:07:55 GMT")).await;
+    assert_eq!(ok, (200, String::new(), "test-key-ed25519:{\"hello\": \"world\"}".into()));
+    let bad = verify_rfc(&layer, rfc_signed_request(input, sig, "Tue, 20 Apr 2021 02:07:56 GMT")).await;
+    assert_eq!((bad.0, bad.1.as_str()), (401, "invalid_signature"));
+}
+
+#[tokio::test]
+async fn rfc_b25_signed_request_verifies_through_the_layer() {
+    let secret = SecretSlice::from(STANDARD.decode(SHARED_SECRET).unwrap());
+    let keys = StaticKeys::new().with("test-shared-secret", VerifyingKey::hmac_sha256(&secret).unwrap());
+    let layer = VerifySignatureLayer::builder(keys)
+        .require_components(["@authority"])
+        .allow_missing_nonce()
+        .allow_unsigned_body()
+        .clock(|| 1618884473)
+        .build()
+        .unwrap();
+    let input = "sig-b25=(\"date\" \"@authority\" \"content-type\");created=1618884473;keyid=\"test-shared-secret\"";
+    let ok = verify_rfc(&layer, rfc_signed_request(input, "sig-b25=:pxcQw6G3AjtMBQjwo8XzkZf/bws5LelbaMk5rGIGtE8=:", "Tue, 20 Apr 2021 02:07:55 GMT")).await;
+    assert_eq!(ok.0, 200, "{ok:?}");
+    let forged = verify_rfc(&layer, rfc_signed_request(input, "sig-b25=:qxcQw6G3AjtMBQjwo8XzkZf/bws5LelbaMk5rGIGtE8=:", "Tue, 20 Apr 2021 02:07:55 GMT")).await;
+    assert_eq!(forged.1, "invalid_signature");
+}
