@@ -2,10 +2,12 @@
 
 pub mod bearer;
 pub mod header;
+pub mod require;
 pub mod secret;
 pub mod token;
 
 pub use bearer::{Bearer, BearerLayer};
+pub use require::{JwtValidator, RequireBearerLayer, VerifiedClaims};
 pub use secret::{FileKey, FileStore, KeyringStore, MemoryStore, SecretStore, SecretValue};
 pub use token::{AccessToken, OAuthRefresh, Refresh, TokenSource};
 

@@ -147,7 +147,7 @@ where
             let body = if empty {
                 ReplayBody::buffered(Bytes::new())
             } else {
-                ReplayBody::Streaming { body }
+                ReplayBody::streaming(body)
             };
             let req = match build(&head, &token, body) {
                 Ok(req) => req,
@@ -171,7 +171,7 @@ where
                 let bytes = Limited::new(body, cap).collect().await?.to_bytes();
                 (ReplayBody::buffered(bytes.clone()), Some(bytes))
             } else {
-                (ReplayBody::Streaming { body }, None)
+                (ReplayBody::streaming(body), None)
             };
             let req = build(&head, &token, body)?;
             std::future::poll_fn(|cx| inner.poll_ready(cx))

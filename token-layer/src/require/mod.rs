@@ -1,0 +1,27 @@
+//! Server half: [`RequireBearerLayer`] validates JWT access tokens on every request and
+//! enforces per-route scopes.
+//!
+//! Answers (RFC 6750 §3): no credentials → `401` with `WWW-Authenticate: Bearer realm=".."`;
+//! a malformed `Authorization` header → `400 invalid_request`; a token that fails any check →
+//! `401 invalid_token` (the reason goes to a security event, never to the client); a valid
+//! token without the route's scopes → `403 insufficient_scope`. On success the request
+//! carries [`VerifiedClaims`] in its extensions.
+
+mod claims;
+mod future;
+mod keys;
+mod layer;
+mod scopes;
+mod service;
+mod validator;
+
+pub use self::claims::VerifiedClaims;
+pub use self::future::ResponseFuture;
+pub use self::keys::{Jwks, JwksError, JwksRefreshHandle, KeyError, VerificationKey};
+pub use self::layer::RequireBearerLayer;
+pub use self::scopes::ScopeTable;
+pub use self::service::RequireBearer;
+pub use self::validator::{
+    BuildError, DenyList, JtiDenyList, JwtValidator, JwtValidatorBuilder, ValidationError,
+};
+pub use jsonwebtoken::Algorithm;
