@@ -66,3 +66,9 @@ impl Clock for TokioClock {
         self.base_unix + self.base.elapsed().as_secs()
     }
 }
+
+impl fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Clock").field("now_unix", &self.now_unix()).finish()
+    }
+}

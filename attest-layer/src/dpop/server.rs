@@ -1,0 +1,512 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use jsonwebtoken::{Algorithm as JwtAlg, DecodingKey, Validation};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{access_token_hash, htu, jwk_thumbprint, normalize_htu};
+use crate::clock::{Clock, SystemClock};
+use crate::replay::{MemoryReplayCache, ReplayCache, ReplayFuture};
+use crate::verify::REASON_HEADER;
+
+/// The asymmetric JWS algorithms accepted for proofs.
+const ASYMMETRIC: [JwtAlg; 9] = [
+    JwtAlg::ES256,
+    JwtAlg::ES384,
+    JwtAlg::EdDSA,
+    JwtAlg::RS256,
+    JwtAlg::RS384,
+    JwtAlg::RS512,
+    JwtAlg::PS256,
+    JwtAlg::PS384,
+    JwtAlg::PS512,
+];
+
+/// Returns the `cnf.jkt` the access token of a request is bound to, if any: the hook that
+/// ties a DPoP proof to a token verified by another layer (its claims in the extensions).
+///
+/// Closures `Fn(&Parts) -> Option<String>` implement it; `()` never binds.
+pub trait ExpectedJkt: Send + Sync + 'static {
+    /// The expected JWK thumbprint for this request, or `None` when no token binding applies.
+    fn expected_jkt(&self, parts: &Parts) -> Option<String>;
+}
+
+impl ExpectedJkt for () {
+    fn expected_jkt(&self, _: &Parts) -> Option<String> {
+        None
+    }
+}
+
+impl<F> ExpectedJkt for F
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    fn expected_jkt(&self, parts: &Parts) -> Option<String> {
+        self(parts)
+    }
+}
+
+/// Why a DPoP proof was refused; [`DpopReason::as_str`] is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DpopReason {
+    /// No `DPoP` header.
+    MissingProof,
+    /// More than one `DPoP` header.
+    MultipleProofs,
+    /// Not a JWS compact token, or bad JSON.
+    MalformedProof,
+    /// `typ` is not `dpop+jwt`.
+    WrongTyp,
+    /// `alg` is symmetric, `none` or unknown.
+    UnsupportedAlg,
+    /// No usable public `jwk` in the header (or it holds private members).
+    BadJwk,
+    /// The signature does not verify with the embedded key.
+    InvalidSignature,
+    /// `htm` is not the request method.
+    HtmMismatch,
+    /// `htu` is not the request URI.
+    HtuMismatch,
+    /// `iat` is outside the accepted window.
+    StaleIat,
+    /// `jti` is missing.
+    MissingJti,
+    /// `jti` was already used.
+    Replayed,
+    /// An access token is sent and `ath` is missing or does not match.
+    AthMismatch,
+    /// The access token is bound to another key (`cnf.jkt`).
+    JktMismatch,
+    /// The replay cache failed (fail closed).
+    ReplayCacheUnavailable,
+}
+
+impl DpopReason {
+    /// The stable reason string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingProof => "dpop_missing",
+            Self::MultipleProofs => "dpop_multiple",
+            Self::MalformedProof => "dpop_malformed",
+            Self::WrongTyp => "dpop_wrong_typ",
+            Self::UnsupportedAlg => "dpop_unsupported_alg",
+            Self::BadJwk => "dpop_bad_jwk",
+            Self::InvalidSignature => "dpop_invalid_signature",
+            Self::HtmMismatch => "dpop_htm_mismatch",
+            Self::HtuMismatch => "dpop_htu_mismatch",
+            Self::StaleIat => "dpop_stale_iat",
+            Self::MissingJti => "dpop_missing_jti",
+            Self::Replayed => "dpop_replayed",
+            Self::AthMismatch => "dpop_ath_mismatch",
+            Self::JktMismatch => "dpop_jkt_mismatch",
+            Self::ReplayCacheUnavailable => "replay_cache_unavailable",
+        }
+    }
+}
+
+impl fmt::Display for DpopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Proof that the request carried a valid DPoP proof; placed in request extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDpop {
+    jkt: String,
+    jti: String,
+    iat: u64,
+    htu: String,
+}
+
+impl VerifiedDpop {
+    /// The RFC 7638 thumbprint of the proof key.
+    pub fn jkt(&self) -> &str {
+        &self.jkt
+    }
+
+    /// The proof's unique id.
+    pub fn jti(&self) -> &str {
+        &self.jti
+    }
+
+    /// When the proof was made (UNIX seconds).
+    pub fn iat(&self) -> u64 {
+        self.iat
+    }
+
+    /// The URI the proof was made for.
+    pub fn htu(&self) -> &str {
+        &self.htu
+    }
+}
+
+struct DpopServerConfig {
+    replay: Arc<dyn ReplayCache>,
+    clock: Arc<dyn Clock>,
+    max_age: Duration,
+    skew: Duration,
+    default_scheme: String,
+    expected_jkt: Arc<dyn ExpectedJkt>,
+}
+
+impl fmt::Debug for DpopServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopServerConfig").field("max_age", &self.max_age).field("skew", &self.skew).finish_non_exhaustive()
+    }
+}
+
+/// Verifies DPoP proofs on incoming requests. See the [module docs](crate::dpop).
+#[derive(Debug, Clone)]
+pub struct VerifyDpopLayer {
+    config: Arc<DpopServerConfig>,
+}
+
+/// Builds a [`VerifyDpopLayer`].
+pub struct VerifyDpopLayerBuilder {
+    replay: Option<Arc<dyn ReplayCache>>,
+    clock: Arc<dyn Clock>,
+    max_age: Duration,
+    skew: Duration,
+    default_scheme: String,
+    expected_jkt: Arc<dyn ExpectedJkt>,
+}
+
+impl fmt::Debug for VerifyDpopLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyDpopLayerBuilder").field("max_age", &self.max_age).finish_non_exhaustive()
+    }
+}
+
+impl VerifyDpopLayer {
+    /// A builder with defaults: `iat` at most 60 s old and 5 s ahead, `jti`s in a private
+    /// in-memory cache, scheme `https` when the request target has none, no token binding.
+    pub fn builder() -> VerifyDpopLayerBuilder {
+        VerifyDpopLayerBuilder {
+            replay: None,
+            clock: Arc::new(SystemClock),
+            max_age: Duration::from_secs(60),
+            skew: Duration::from_secs(5),
+            default_scheme: "https".into(),
+            expected_jkt: Arc::new(()),
+        }
+    }
+}
+
+impl VerifyDpopLayerBuilder {
+    /// Records `jti`s in `cache` (share one across replicas).
+    #[must_use]
+    pub fn replay_cache(mut self, cache: impl ReplayCache) -> Self {
+        self.replay = Some(Arc::new(cache));
+        self
+    }
+
+    /// The clock for `iat`.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The oldest `iat` accepted.
+    #[must_use]
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// How far ahead `iat` may be.
+    #[must_use]
+    pub fn clock_skew(mut self, skew: Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// The scheme assumed when the request target has none.
+    #[must_use]
+    pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.default_scheme = scheme.into();
+        self
+    }
+
+    /// The hook giving the access token's `cnf.jkt`; a proof by another key is refused.
+    #[must_use]
+    pub fn expected_jkt(mut self, hook: impl ExpectedJkt) -> Self {
+        self.expected_jkt = Arc::new(hook);
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> VerifyDpopLayer {
+        VerifyDpopLayer {
+            config: Arc::new(DpopServerConfig {
+                replay: self.replay.unwrap_or_else(|| Arc::new(MemoryReplayCache::default())),
+                clock: self.clock,
+                max_age: self.max_age,
+                skew: self.skew,
+                default_scheme: self.default_scheme,
+                expected_jkt: self.expected_jkt,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for VerifyDpopLayer {
+    type Service = VerifyDpop<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        VerifyDpop { inner, config: self.config.clone() }
+    }
+}
+
+/// The service made by [`VerifyDpopLayer`].
+#[derive(Debug, Clone)]
+pub struct VerifyDpop<S> {
+    inner: S,
+    config: Arc<DpopServerConfig>,
+}
+
+impl<S> VerifyDpop<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+#[derive(Deserialize)]
+struct ProofClaims {
+    jti: Option<String>,
+    htm: Option<String>,
+    htu: Option<String>,
+    iat: Option<u64>,
+    ath: Option<String>,
+}
+
+fn check(config: &DpopServerConfig, parts: &Parts) -> Result<(VerifiedDpop, String, Duration), DpopReason> {
+    let mut proofs = parts.headers.get_all("dpop").iter();
+    let proof = proofs.next().ok_or(DpopReason::MissingProof)?;
+    if proofs.next().is_some() {
+        return Err(DpopReason::MultipleProofs);
+    }
+    let token = proof.to_str().map_err(|_| DpopReason::MalformedProof)?.trim();
+    let raw_header = token.split('.').next().ok_or(DpopReason::MalformedProof)?;
+    let header_json: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(raw_header)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(DpopReason::MalformedProof)?;
+    if header_json.get("typ").and_then(|v| v.as_str()) != Some("dpop+jwt") {
+        return Err(DpopReason::WrongTyp);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| DpopReason::UnsupportedAlg)?;
+    if !ASYMMETRIC.contains(&header.alg) {
+        return Err(DpopReason::UnsupportedAlg);
+    }
+    let jwk_json = header_json.get("jwk").ok_or(DpopReason::BadJwk)?;
+    if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| jwk_json.get(m).is_some()) {
+        return Err(DpopReason::BadJwk);
+    }
+    let jwk = header.jwk.as_ref().ok_or(DpopReason::BadJwk)?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| DpopReason::BadJwk)?;
+    let jkt = jwk_thumbprint(jwk_json).ok_or(DpopReason::BadJwk)?;
+    let mut validation = Validation::new(header.alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<ProofClaims>(token, &key, &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => DpopReason::InvalidSignature,
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => DpopReason::UnsupportedAlg,
+            _ => DpopReason::MalformedProof,
+        })?
+        .claims;
+
+    if claims.htm.as_deref() != Some(parts.method.as_str()) {
+        return Err(DpopReason::HtmMismatch);
+    }
+    let expected_htu = htu(&parts.uri, parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()), &config.default_scheme)
+        .ok_or(DpopReason::HtuMismatch)?;
+    let got_htu = claims.htu.as_deref().and_then(normalize_htu).ok_or(DpopReason::HtuMismatch)?;
+    if got_htu != expected_htu {
+        return Err(DpopReason::HtuMismatch);
+    }
+    let now = config.clock.now_unix();
+    let iat = claims.iat.ok_or(DpopReason::StaleIat)?;
+    if iat > now.saturating_add(config.skew.as_secs()) || now.saturating_sub(iat) > config.max_age.as_secs() {
+        return Err(DpopReason::StaleIat);
+    }
+    let jti = claims.jti.filter(|j| !j.is_empty() && j.len() <= 256).ok_or(DpopReason::MissingJti)?;
+
+    let token_sent = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("DPoP "))
+        .map(str::trim);
+    if let Some(access_token) = token_sent {
+        let want = access_token_hash(access_token);
+        let ok = claims.ath.as_deref().is_some_and(|got| aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes()).is_ok());
+        if !ok {
+            return Err(DpopReason::AthMismatch);
+        }
+    }
+    if let Some(bound) = config.expected_jkt.expected_jkt(parts) {
+        if bound != jkt {
+            return Err(DpopReason::JktMismatch);
+        }
+    }
+    let key = format!("dpop:{jkt}:{jti}");
+    Ok((VerifiedDpop { jkt, jti, iat, htu: expected_htu }, key, config.max_age + config.skew))
+}
+
+fn reject<ResBody: Default>(parts: &Parts, reason: DpopReason) -> Response<ResBody> {
+    tracing::warn!(
+        target: "portcullis::attest",
+        {
+            "event.kind" = "alert",
+            "event.category" = "authentication",
+            "event.action" = "dpop.verify",
+            "event.outcome" = "failure",
+            "event.reason" = reason.as_str(),
+            "http.request.method" = parts.method.as_str(),
+            "url.path" = parts.uri.path(),
+        },
+        "refused dpop proof"
+    );
+    let mut res = Response::new(ResBody::default());
+    let unavailable = reason == DpopReason::ReplayCacheUnavailable;
+    *res.status_mut() = if unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
+    res.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    if !unavailable {
+        res.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 EdDSA RS256 PS256\""),
+        );
+    }
+    res
+}
+
+impl<S, B, ResBody> Service<Request<B>> for VerifyDpop<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = VerifyDpopFuture<S, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        match check(&self.config, &parts) {
+            Err(reason) => VerifyDpopFuture { state: DpopServerState::Rejected { response: Some(reject(&parts, reason)) } },
+            Ok((proof, key, ttl)) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let fut = self.config.replay.insert_once(key, ttl);
+                parts.extensions.insert(proof);
+                VerifyDpopFuture { state: DpopServerState::Replaying { fut, pending: Some((Request::from_parts(parts, body), inner)) } }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`VerifyDpop`].
+    pub struct VerifyDpopFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: DpopServerState<S, B, S::Future, S::Response>,
+    }
+}
+
+pin_project! {
+    #[project = DpopServerStateProj]
+    enum DpopServerState<S, B, F, R> {
+        Replaying { fut: ReplayFuture, pending: Option<(Request<B>, S)> },
+        Calling { #[pin] fut: F },
+        Rejected { response: Option<R> },
+    }
+}
+
+impl<S, B> fmt::Debug for VerifyDpopFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyDpopFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Future for VerifyDpopFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                DpopServerStateProj::Replaying { fut, pending } => {
+                    let result = ready!(fut.as_mut().poll(cx));
+                    let Some((req, mut inner)) = pending.take() else {
+                        return Poll::Pending;
+                    };
+                    let reason = match result {
+                        Ok(true) => None,
+                        Ok(false) => Some(DpopReason::Replayed),
+                        Err(_) => Some(DpopReason::ReplayCacheUnavailable),
+                    };
+                    match reason {
+                        Some(r) => {
+                            let (parts, _) = req.into_parts();
+                            this.state.set(DpopServerState::Rejected { response: Some(reject(&parts, r)) });
+                        }
+                        None => {
+                            let fut = inner.call(req);
+                            this.state.set(DpopServerState::Calling { fut });
+                        }
+                    }
+                }
+                DpopServerStateProj::Calling { fut } => return fut.poll(cx),
+                DpopServerStateProj::Rejected { response } => {
+                    return match response.take() {
+                        Some(r) => Poll::Ready(Ok(r)),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
