@@ -54,4 +54,5 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod rate_limit;
 pub mod retry;
