@@ -1,5 +1,6 @@
 //! RFC 9421 request signing and verification, replay protection, device attestation and DPoP.
 
+pub mod attestation;
 mod body;
 pub mod clock;
 pub mod components;
@@ -26,3 +27,4 @@ pub use crate::resolver::{JwksKeys, KeyResolver, RotatingKeys, StaticKeys};
 pub use crate::sign::{Sign, SignLayer};
 pub use crate::verify::{Reason, VerifiedSignature, VerifySignature, VerifySignatureLayer};
 pub use crate::dpop::{DpopLayer, VerifyDpopLayer};
+pub use crate::attestation::{AttachAttestationLayer, AttestationLayer, AttestationMode, AttestationProvider, AttestationVerifier, AttestedDevice, JwtAttestationVerifier};
