@@ -157,16 +157,16 @@ impl Shared {
                 hook.on_anomaly(a);
             }
         }
-        if self.tracing_records {
-            if let Ok(mut p) = self.pending.lock() {
-                for a in anomalies {
-                    if p.len() >= MAX_PENDING {
-                        p.pop_front();
-                    }
-                    p.push_back(a.clone());
+        if self.tracing_records
+            && let Ok(mut p) = self.pending.lock()
+        {
+            for a in anomalies {
+                if p.len() >= MAX_PENDING {
+                    p.pop_front();
                 }
-                self.has_pending.store(true, Ordering::Release);
+                p.push_back(a.clone());
             }
+            self.has_pending.store(true, Ordering::Release);
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,14 +18,15 @@ use crate::schema::{self, SecurityEvent, action, field, reason};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AnomalyKind {
-    /// Repeated pin failures (`pin.verify` failures): a man in the middle, or a server
+    /// Repeated pin failures (`tls.pin.check` failures): a man in the middle, or a server
     /// whose key rotated without a backup pin.
     PinViolations,
     /// Repeated signature failures (`signature.verify` failures).
     SignatureFailures,
-    /// Replayed requests (failures with `event.reason = "replay"`).
+    /// Replayed requests (failures with `event.reason = "replayed"`).
     Replays,
-    /// Tokens presented again (failures with `event.reason = "token_reuse"`).
+    /// Tokens presented again (failures with `event.reason = "token_reuse"`, refresh
+    /// failures with `invalid_grant`).
     TokenReuse,
     /// A burst of `401 Unauthorized` answers.
     UnauthorizedBurst,
@@ -294,14 +295,14 @@ impl DetectorConfig {
 
     pub(crate) fn validate(&self) -> Result<(), crate::BuildError> {
         for kind in AnomalyKind::ALL {
-            if let Some(t) = self.thresholds[kind.index()] {
-                if t.count == 0 || t.window.is_zero() {
-                    return Err(crate::BuildError::InvalidThreshold {
-                        kind,
-                        count: t.count,
-                        window: t.window,
-                    });
-                }
+            if let Some(t) = self.thresholds[kind.index()]
+                && (t.count == 0 || t.window.is_zero())
+            {
+                return Err(crate::BuildError::InvalidThreshold {
+                    kind,
+                    count: t.count,
+                    window: t.window,
+                });
             }
         }
         if self.max_subjects == 0 {
@@ -336,10 +337,13 @@ struct SubjectState {
 /// (`user.id`) and per peer (`client.address`, or `server.address` when there is none).
 ///
 /// Signals:
-/// - `pin.verify` failure: [`PinViolations`](AnomalyKind::PinViolations);
-/// - `signature.verify` failure: [`SignatureFailures`](AnomalyKind::SignatureFailures),
-///   or [`Replays`](AnomalyKind::Replays) when `event.reason = "replay"`;
-/// - any failure with `event.reason = "replay"` / `"token_reuse"`: replays / token reuse;
+/// - any failure with `event.reason` `replayed` (or `replay`, `*_replayed`):
+///   [`Replays`](AnomalyKind::Replays);
+/// - any failure with `event.reason = "token_reuse"`, or a `token.refresh` failure with
+///   `invalid_grant`: [`TokenReuse`](AnomalyKind::TokenReuse);
+/// - a `tls.pin.check` (or `pin.verify`, `tls.pin.*`) failure, or any failure with a reason
+///   starting with `pin_mismatch`: [`PinViolations`](AnomalyKind::PinViolations);
+/// - other `signature.verify` failures: [`SignatureFailures`](AnomalyKind::SignatureFailures);
 /// - `http.response.status_code` 401 / 429: the two bursts;
 /// - a `client.address` not among the identity's remembered addresses (the first address
 ///   of an identity is its baseline, not a signal): new client addresses.
@@ -414,22 +418,8 @@ impl Detector {
         count_status: bool,
     ) -> Vec<Anomaly> {
         let mut signals: [bool; 7] = [false; 7];
-        let failure = event.is_failure();
-        let reason = event.reason();
-        if failure {
-            match reason {
-                Some(reason::REPLAY) => signals[AnomalyKind::Replays.index()] = true,
-                Some(reason::TOKEN_REUSE) => signals[AnomalyKind::TokenReuse.index()] = true,
-                _ => match event.action() {
-                    Some(action::PIN_VERIFY) => {
-                        signals[AnomalyKind::PinViolations.index()] = true;
-                    }
-                    Some(action::SIGNATURE_VERIFY) => {
-                        signals[AnomalyKind::SignatureFailures.index()] = true;
-                    }
-                    _ => {}
-                },
-            }
+        if let Some(kind) = classify_failure(event) {
+            signals[kind.index()] = true;
         }
         if count_status {
             match event.status_code() {
@@ -506,10 +496,36 @@ impl Detector {
     }
 
     fn shard_of(&self, subject: &Subject) -> usize {
-        let mut h = self.hasher.build_hasher();
-        subject.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(subject) as usize) % SHARDS
     }
+}
+
+/// The signal a failed event carries, if any.
+fn classify_failure(event: &SecurityEvent) -> Option<AnomalyKind> {
+    if !event.is_failure() {
+        return None;
+    }
+    let reason = event.reason().unwrap_or("");
+    let action = event.action().unwrap_or("");
+    if reason == reason::REPLAYED || reason == "replay" || reason.ends_with("_replayed") {
+        return Some(AnomalyKind::Replays);
+    }
+    if reason == reason::TOKEN_REUSE
+        || (action == action::TOKEN_REFRESH && reason == reason::INVALID_GRANT)
+    {
+        return Some(AnomalyKind::TokenReuse);
+    }
+    if action == action::PIN_CHECK
+        || action == "pin.verify"
+        || action.starts_with("tls.pin.")
+        || reason.starts_with(reason::PIN_MISMATCH)
+    {
+        return Some(AnomalyKind::PinViolations);
+    }
+    if action == action::SIGNATURE_VERIFY {
+        return Some(AnomalyKind::SignatureFailures);
+    }
+    None
 }
 
 /// Remembers `address` for the identity; returns `true` if it is new and the identity
@@ -615,7 +631,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_flood_fires_once_per_window() {
         let d = detector(DetectorConfig::new());
-        let ev = failure(action::PIN_VERIFY).with(field::SERVER_ADDRESS, "api.example.com");
+        let ev = failure(action::PIN_CHECK).with(field::SERVER_ADDRESS, "api.example.com");
         let fired: usize = (0..100).map(|_| d.observe(&ev).len()).sum();
         assert_eq!(fired, 1);
         tokio::time::advance(Duration::from_secs(60)).await;
@@ -643,7 +659,7 @@ mod tests {
                 ),
         );
         let replay = failure(action::SIGNATURE_VERIFY)
-            .with(field::EVENT_REASON, reason::REPLAY)
+            .with(field::EVENT_REASON, reason::REPLAYED)
             .with(field::USER_ID, "k");
         let kinds: Vec<_> = d.observe(&replay).iter().map(Anomaly::kind).collect();
         assert_eq!(kinds, [AnomalyKind::Replays]);
@@ -653,6 +669,28 @@ mod tests {
             .with(field::USER_ID, "u");
         let kinds: Vec<_> = d.observe(&reuse).iter().map(Anomaly::kind).collect();
         assert_eq!(kinds, [AnomalyKind::TokenReuse]);
+        let invalid_grant = failure(action::TOKEN_REFRESH)
+            .with(field::EVENT_REASON, reason::INVALID_GRANT)
+            .with(field::SERVER_ADDRESS, "auth.example.com");
+        let kinds: Vec<_> = d
+            .observe(&invalid_grant)
+            .iter()
+            .map(Anomaly::kind)
+            .collect();
+        assert_eq!(kinds, [AnomalyKind::TokenReuse]);
+
+        // The pin layer's shape: dotted action, reason with a suffix.
+        let pin = failure("tls.pin.check")
+            .with(field::EVENT_REASON, "pin_mismatch_entry_expired")
+            .with(field::SERVER_ADDRESS, "api.example.com");
+        let kinds: Vec<_> = d.observe(&pin).iter().map(Anomaly::kind).collect();
+        assert_eq!(kinds, [AnomalyKind::PinViolations]);
+
+        // An empty user.id (a layer writing `keyid.unwrap_or("")`) is no identity.
+        let anon = failure(action::SIGNATURE_VERIFY).with(field::USER_ID, "");
+        assert!(d.observe(&anon).is_empty());
+        // k, u, auth.example.com, api.example.com: no subject for the empty id.
+        assert_eq!(d.tracked_subjects(), 4);
 
         let r401 = SecurityEvent::new("portcullis::audit")
             .with(field::HTTP_RESPONSE_STATUS_CODE, 401u16)
@@ -726,7 +764,7 @@ mod tests {
     fn memory_stays_bounded_under_a_flood_of_identities() {
         let d = detector(DetectorConfig::new().max_subjects(1_000));
         let cap = d.capacity();
-        assert!(cap >= 1_000 && cap < 1_100, "capacity {cap}");
+        assert!((1_000..1_100).contains(&cap), "capacity {cap}");
         for i in 0..100_000u32 {
             let ev = failure(action::SIGNATURE_VERIFY)
                 .with(field::USER_ID, format!("user-{i}"))

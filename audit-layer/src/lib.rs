@@ -55,7 +55,7 @@
 //! - **Target**: `portcullis::<area>` — `portcullis::pin`, `portcullis::token`,
 //!   `portcullis::attest`, `portcullis::retry`, `portcullis::audit`.
 //! - **Fields** (ECS / OpenTelemetry names, written as string literals in the macros:
-//!   `tracing::warn!(target: "portcullis::pin", { "event.action" = "pin.verify", ... }, "msg")`;
+//!   `tracing::warn!(target: "portcullis::pin", { "event.action" = "tls.pin.check", ... }, "msg")`;
 //!   note the braces: without them the level macros (`warn!`, `info!`...) take a leading
 //!   string-literal field name for the format string and fail to compile):
 //!
@@ -63,9 +63,9 @@
 //! |---|---|
 //! | `event.kind` | `event` (a fact) or `alert` (look at it) |
 //! | `event.category` | `network` (TLS, pins), `authentication` (tokens, signatures), `web` (requests), `intrusion_detection` (anomalies) |
-//! | `event.action` | what was done: `pin.verify`, `signature.verify`, `signature.sign`, `token.validate`, `token.refresh`, `rate_limit.check`, `retry.attempt`, `http.request`, `anomaly.detected`, `policy.enforce` |
+//! | `event.action` | what was done: `tls.pin.check`, `signature.verify`, `signature.sign`, `token.validate`, `token.refresh`, `rate_limit.check`, `retry.attempt`, `http.request`, `anomaly.detected`, `policy.enforce` |
 //! | `event.outcome` | `success` or `failure` |
-//! | `event.reason` | why it failed: `pin_mismatch`, `bad_signature`, `replay`, `token_reuse`, ... |
+//! | `event.reason` | why it failed: `pin_mismatch`, `invalid_signature`, `replayed`, `token_reuse`, `invalid_grant`, ... |
 //! | `server.address` | host of the server (the peer on the client side) |
 //! | `client.address` | address of the client (the peer on the server side) |
 //! | `user.id` | identity: user, token subject, mTLS identity or signing key id |

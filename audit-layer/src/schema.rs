@@ -15,7 +15,7 @@
 //!     {
 //!     "event.kind" = schema::kind::ALERT,
 //!     "event.category" = schema::category::NETWORK,
-//!     "event.action" = schema::action::PIN_VERIFY,
+//!     "event.action" = schema::action::PIN_CHECK,
 //!     "event.outcome" = schema::outcome::FAILURE,
 //!     "event.reason" = schema::reason::PIN_MISMATCH,
 //!     "server.address" = "api.example.com",
@@ -142,16 +142,18 @@ pub mod category {
 /// Values of `event.action` the detector and the layers agree on.
 pub mod action {
     /// Pin check of a server (client side) or of a client certificate (server side).
-    /// A failure counts as a pin violation.
-    pub const PIN_VERIFY: &str = "pin.verify";
+    /// A failure counts as a pin violation (so does a failure of any `tls.pin.*` action,
+    /// of `pin.verify`, or with a reason starting with `pin_mismatch`).
+    pub const PIN_CHECK: &str = "tls.pin.check";
     /// Verification of a signed request. A failure counts as a signature failure, or as a
-    /// replay when `event.reason` is [`reason::REPLAY`](super::reason::REPLAY).
+    /// replay when `event.reason` is [`reason::REPLAYED`](super::reason::REPLAYED).
     pub const SIGNATURE_VERIFY: &str = "signature.verify";
     /// Signing of an outgoing request.
     pub const SIGNATURE_SIGN: &str = "signature.sign";
     /// Validation of a bearer token on the server side.
     pub const TOKEN_VALIDATE: &str = "token.validate";
-    /// Refresh of a token on the client side.
+    /// Refresh of a token on the client side. A failure with `event.reason =
+    /// "invalid_grant"` (the refresh token was revoked or reused) counts as token reuse.
     pub const TOKEN_REFRESH: &str = "token.refresh";
     /// A rate-limit decision.
     pub const RATE_LIMIT: &str = "rate_limit.check";
@@ -167,11 +169,15 @@ pub mod action {
 
 /// Values of `event.reason` the detector recognizes (on failures, whatever the action).
 pub mod reason {
-    /// A replayed signature or nonce. Counted as a replay.
-    pub const REPLAY: &str = "replay";
+    /// A replayed signature or nonce. Counted as a replay (so are `replay` and any reason
+    /// ending in `_replayed`).
+    pub const REPLAYED: &str = "replayed";
     /// A token (or refresh token) presented again after it was used or revoked. Counted as
     /// token reuse.
     pub const TOKEN_REUSE: &str = "token_reuse";
+    /// The OAuth answer to a revoked or reused refresh token. On a `token.refresh`
+    /// failure, counted as token reuse.
+    pub const INVALID_GRANT: &str = "invalid_grant";
     /// The peer's certificate chain matched no configured pin.
     pub const PIN_MISMATCH: &str = "pin_mismatch";
     /// A signature did not verify.
@@ -399,19 +405,21 @@ impl SecurityEvent {
         self.get_str(field::EVENT_REASON)
     }
 
-    /// `user.id`.
+    /// `user.id` (an empty string counts as absent).
     pub fn user_id(&self) -> Option<&str> {
-        self.get_str(field::USER_ID)
+        self.get_str(field::USER_ID).filter(|s| !s.is_empty())
     }
 
-    /// `client.address`.
+    /// `client.address` (an empty string counts as absent).
     pub fn client_address(&self) -> Option<&str> {
         self.get_str(field::CLIENT_ADDRESS)
+            .filter(|s| !s.is_empty())
     }
 
-    /// `server.address`.
+    /// `server.address` (an empty string counts as absent).
     pub fn server_address(&self) -> Option<&str> {
         self.get_str(field::SERVER_ADDRESS)
+            .filter(|s| !s.is_empty())
     }
 
     /// `http.response.status_code`.

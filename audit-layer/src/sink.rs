@@ -224,15 +224,20 @@ impl AuditSink for JsonLinesFile {
             return;
         };
         let len = line.len() as u64;
-        if (state.size > 0 && state.size + len > self.inner.max_bytes) || state.file.is_none() {
-            if let Err(_e) = self.rotate(&mut state) {
-                self.inner.errors.fetch_add(1, Ordering::Relaxed);
-                // Keep writing to whatever file we can open, rather than lose entries.
-                if state.file.is_none() {
-                    match open_append(&self.inner.path) {
-                        Ok(f) => state.file = Some(f),
-                        Err(_) => return,
-                    }
+        let full = state.size > 0 && state.size + len > self.inner.max_bytes;
+        if full && self.rotate(&mut state).is_err() {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // Keep writing to whatever file we can open, rather than lose entries.
+        if state.file.is_none() {
+            match open_append(&self.inner.path) {
+                Ok(f) => {
+                    state.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    state.file = Some(f);
+                }
+                Err(_) => {
+                    self.inner.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
             }
         }
