@@ -329,7 +329,10 @@ impl<T, F> fmt::Debug for ExtensionKey<T, F> {
 
 impl<T, F> ExtensionKey<T, F> {
     /// Reads the key from the `T` extension with `read`.
-    pub fn new(read: F) -> Self {
+    pub fn new<K>(read: F) -> Self
+    where
+        F: Fn(&T) -> Option<K>,
+    {
         Self {
             read,
             _marker: std::marker::PhantomData,
