@@ -35,7 +35,12 @@ pin_project! {
 
 impl<B> Collect<B> {
     pub(crate) fn new(body: B, limit: usize, hasher: Option<DigestHasher>) -> Self {
-        Self { body, buf: BytesMut::new(), limit, hasher }
+        Self {
+            body,
+            buf: BytesMut::new(),
+            limit,
+            hasher,
+        }
     }
 }
 
@@ -44,7 +49,10 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    pub(crate) fn poll_collect(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Collected, CollectError>> {
+    pub(crate) fn poll_collect(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Collected, CollectError>> {
         let mut this = self.project();
         loop {
             match ready!(this.body.as_mut().poll_frame(cx)) {
@@ -63,7 +71,11 @@ where
                 }
                 Some(Err(e)) => return Poll::Ready(Err(CollectError::Body(e.into()))),
                 None => {
-                    let digests = this.hasher.take().map(DigestHasher::finish).unwrap_or_default();
+                    let digests = this
+                        .hasher
+                        .take()
+                        .map(DigestHasher::finish)
+                        .unwrap_or_default();
                     return Poll::Ready(Ok((std::mem::take(this.buf).freeze(), digests)));
                 }
             }

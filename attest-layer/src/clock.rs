@@ -16,7 +16,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_unix(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 }
 
@@ -39,14 +41,19 @@ pub struct TokioClock {
 
 impl fmt::Debug for TokioClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokioClock").field("now_unix", &self.now_unix()).finish()
+        f.debug_struct("TokioClock")
+            .field("now_unix", &self.now_unix())
+            .finish()
     }
 }
 
 impl TokioClock {
     /// Starts at `unix` seconds, moving with tokio's clock.
     pub fn starting_at(unix: u64) -> Self {
-        Self { base_unix: unix, base: tokio::time::Instant::now() }
+        Self {
+            base_unix: unix,
+            base: tokio::time::Instant::now(),
+        }
     }
 
     /// Starts at the current system time, moving with tokio's clock.
@@ -69,6 +76,8 @@ impl Clock for TokioClock {
 
 impl fmt::Debug for dyn Clock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Clock").field("now_unix", &self.now_unix()).finish()
+        f.debug_struct("Clock")
+            .field("now_unix", &self.now_unix())
+            .finish()
     }
 }

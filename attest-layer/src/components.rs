@@ -9,8 +9,15 @@ use http::{HeaderMap, Method, Uri};
 use crate::error::HeaderError;
 
 /// The derived components this crate can put into a request's signature base.
-const DERIVED: [&str; 7] =
-    ["@method", "@authority", "@scheme", "@target-uri", "@request-target", "@path", "@query"];
+const DERIVED: [&str; 7] = [
+    "@method",
+    "@authority",
+    "@scheme",
+    "@target-uri",
+    "@request-target",
+    "@path",
+    "@query",
+];
 
 /// One covered component: an HTTP field name (lowercase) or a derived component such as
 /// `@method`, with its parameters (`name` for `@query-param`, `bs`).
@@ -36,7 +43,10 @@ impl fmt::Display for Component {
 }
 
 fn component_error(component: &str, reason: impl Into<String>) -> HeaderError {
-    HeaderError::Component { component: component.to_owned(), reason: reason.into() }
+    HeaderError::Component {
+        component: component.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 impl Component {
@@ -60,8 +70,13 @@ impl Component {
         let mut params = sfv::Parameters::new();
         let value = sfv::String::from_string(name.to_owned())
             .map_err(|(e, _)| component_error("@query-param", e.to_string()))?;
-        params.insert(sfv::Key::from_string("name".into()).map_err(|(e, _)| component_error("@query-param", e.to_string()))?, sfv::BareItem::String(value));
-        let s = sfv::String::from_string("@query-param".into()).map_err(|(e, _)| component_error("@query-param", e.to_string()))?;
+        params.insert(
+            sfv::Key::from_string("name".into())
+                .map_err(|(e, _)| component_error("@query-param", e.to_string()))?,
+            sfv::BareItem::String(value),
+        );
+        let s = sfv::String::from_string("@query-param".into())
+            .map_err(|(e, _)| component_error("@query-param", e.to_string()))?;
         Self::from_item(&sfv::Item::with_params(s, params))
     }
 
@@ -82,33 +97,65 @@ impl Component {
             .bare_item
             .as_string()
             .map(|s| s.as_str().to_owned())
-            .ok_or_else(|| component_error(&format!("{:?}", item.bare_item), "a component identifier must be a string"))?;
+            .ok_or_else(|| {
+                component_error(
+                    &format!("{:?}", item.bare_item),
+                    "a component identifier must be a string",
+                )
+            })?;
         let mut query_name = None;
         let mut bs = false;
         for (key, value) in &item.params {
             match (key.as_str(), value) {
-                ("name", sfv::BareItem::String(s)) if name == "@query-param" => query_name = Some(s.as_str().to_owned()),
+                ("name", sfv::BareItem::String(s)) if name == "@query-param" => {
+                    query_name = Some(s.as_str().to_owned())
+                }
                 ("bs", sfv::BareItem::Boolean(true)) if !name.starts_with('@') => bs = true,
-                (k, _) => return Err(component_error(&name, format!("unsupported component parameter {k:?}"))),
+                (k, _) => {
+                    return Err(component_error(
+                        &name,
+                        format!("unsupported component parameter {k:?}"),
+                    ));
+                }
             }
         }
         if name.starts_with('@') {
             if name == "@query-param" {
                 if query_name.is_none() {
-                    return Err(component_error(&name, "@query-param needs a name parameter"));
+                    return Err(component_error(
+                        &name,
+                        "@query-param needs a name parameter",
+                    ));
                 }
             } else if !DERIVED.contains(&name.as_str()) {
-                return Err(component_error(&name, "unsupported derived component for requests"));
+                return Err(component_error(
+                    &name,
+                    "unsupported derived component for requests",
+                ));
             }
         } else if name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
+            || !name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+            })
         {
-            return Err(component_error(&name, "field names must be lowercase tokens"));
+            return Err(component_error(
+                &name,
+                "field names must be lowercase tokens",
+            ));
         }
         let mut id = String::new();
         let ser = sfv::ItemSerializer::with_buffer(&mut id);
-        let _ = ser.bare_item(&item.bare_item).parameters(&item.params).finish();
-        Ok(Self { item: item.clone(), name, query_name, bs, id })
+        let _ = ser
+            .bare_item(&item.bare_item)
+            .parameters(&item.params)
+            .finish();
+        Ok(Self {
+            item: item.clone(),
+            name,
+            query_name,
+            bs,
+            id,
+        })
     }
 
     /// The component name, such as `@method` or `content-digest`.
@@ -141,23 +188,54 @@ impl Component {
             "@authority" => req.authority().ok_or_else(missing)?,
             "@scheme" => req.scheme(),
             "@target-uri" => {
-                let pq = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-                format!("{}://{}{}", req.scheme(), req.authority().ok_or_else(missing)?, pq)
+                let pq = req
+                    .uri
+                    .path_and_query()
+                    .map(|pq| pq.as_str())
+                    .unwrap_or("/");
+                format!(
+                    "{}://{}{}",
+                    req.scheme(),
+                    req.authority().ok_or_else(missing)?,
+                    pq
+                )
             }
-            "@request-target" => req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/").to_owned(),
+            "@request-target" => req
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/")
+                .to_owned(),
             "@path" => {
                 let p = req.uri.path();
-                if p.is_empty() { "/".to_owned() } else { p.to_owned() }
+                if p.is_empty() {
+                    "/".to_owned()
+                } else {
+                    p.to_owned()
+                }
             }
             "@query" => format!("?{}", req.uri.query().unwrap_or("")),
             "@query-param" => {
-                let wanted = self.query_name.as_deref().map(percent_decode).ok_or_else(missing)?;
+                let wanted = self
+                    .query_name
+                    .as_deref()
+                    .map(percent_decode)
+                    .ok_or_else(missing)?;
                 let mut found = None;
-                for pair in req.uri.query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                for pair in req
+                    .uri
+                    .query()
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.is_empty())
+                {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                     if percent_decode(k) == wanted {
                         if found.is_some() {
-                            return Err(component_error(&self.id, "query parameter appears more than once"));
+                            return Err(component_error(
+                                &self.id,
+                                "query parameter appears more than once",
+                            ));
                         }
                         found = Some(percent_encode(&percent_decode(v)));
                     }
@@ -179,10 +257,17 @@ impl Component {
                         out.push_str(&STANDARD.encode(trim_ows(v.as_bytes())));
                         out.push(':');
                     } else {
-                        let s = std::str::from_utf8(trim_ows(v.as_bytes()))
-                            .map_err(|_| component_error(&self.id, "field value is not visible ASCII; cover it with ;bs"))?;
+                        let s = std::str::from_utf8(trim_ows(v.as_bytes())).map_err(|_| {
+                            component_error(
+                                &self.id,
+                                "field value is not visible ASCII; cover it with ;bs",
+                            )
+                        })?;
                         if s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-                            return Err(component_error(&self.id, "field value holds control characters"));
+                            return Err(component_error(
+                                &self.id,
+                                "field value holds control characters",
+                            ));
                         }
                         out.push_str(s);
                     }
@@ -194,8 +279,14 @@ impl Component {
 }
 
 fn trim_ows(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| *c != b' ' && *c != b'\t').unwrap_or(b.len());
-    let end = b.iter().rposition(|c| *c != b' ' && *c != b'\t').map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |e| e + 1);
     &b[start..end.max(start)]
 }
 
@@ -250,21 +341,43 @@ pub struct RequestParts<'a> {
 
 impl<'a> RequestParts<'a> {
     /// Reads components from request parts.
-    pub fn new(method: &'a Method, uri: &'a Uri, headers: &'a HeaderMap, default_scheme: &'a str) -> Self {
-        Self { method, uri, headers, default_scheme }
+    pub fn new(
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        default_scheme: &'a str,
+    ) -> Self {
+        Self {
+            method,
+            uri,
+            headers,
+            default_scheme,
+        }
     }
 
     fn scheme(&self) -> String {
-        self.uri.scheme_str().unwrap_or(self.default_scheme).to_ascii_lowercase()
+        self.uri
+            .scheme_str()
+            .unwrap_or(self.default_scheme)
+            .to_ascii_lowercase()
     }
 
     /// `@authority`: the URI authority or the `Host` field, lowercase, default port omitted.
     pub fn authority(&self) -> Option<String> {
         let raw = match self.uri.authority() {
             Some(a) => a.as_str().to_owned(),
-            None => self.headers.get(http::header::HOST)?.to_str().ok()?.trim().to_owned(),
+            None => self
+                .headers
+                .get(http::header::HOST)?
+                .to_str()
+                .ok()?
+                .trim()
+                .to_owned(),
         };
-        let raw = raw.rsplit_once('@').map_or(raw.as_str(), |(_, h)| h).to_ascii_lowercase();
+        let raw = raw
+            .rsplit_once('@')
+            .map_or(raw.as_str(), |(_, h)| h)
+            .to_ascii_lowercase();
         let scheme = self.scheme();
         let default = match scheme.as_str() {
             "https" => Some(":443"),

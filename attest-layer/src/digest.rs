@@ -52,11 +52,19 @@ pub fn content_digest(alg: DigestAlgorithm, body: &[u8]) -> String {
 /// [`HeaderError::ContentDigest`] when it is not a dictionary of byte sequences.
 pub fn parse_content_digest(values: &[&str]) -> Result<Vec<(String, Vec<u8>)>, HeaderError> {
     let text = values.join(", ");
-    let dict: sfv::Dictionary = sfv::Parser::new(&text).parse().map_err(|e| HeaderError::ContentDigest(e.to_string()))?;
+    let dict: sfv::Dictionary = sfv::Parser::new(&text)
+        .parse()
+        .map_err(|e| HeaderError::ContentDigest(e.to_string()))?;
     dict.iter()
         .map(|(k, v)| match v {
-            sfv::ListEntry::Item(sfv::Item { bare_item: sfv::BareItem::ByteSequence(b), .. }) => Ok((k.as_str().to_owned(), b.clone())),
-            _ => Err(HeaderError::ContentDigest(format!("member {:?} must be a byte sequence", k.as_str()))),
+            sfv::ListEntry::Item(sfv::Item {
+                bare_item: sfv::BareItem::ByteSequence(b),
+                ..
+            }) => Ok((k.as_str().to_owned(), b.clone())),
+            _ => Err(HeaderError::ContentDigest(format!(
+                "member {:?} must be a byte sequence",
+                k.as_str()
+            ))),
         })
         .collect()
 }
@@ -69,13 +77,20 @@ pub(crate) struct DigestHasher {
 
 impl std::fmt::Debug for DigestHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.ctx.iter().map(|(a, _)| a)).finish()
+        f.debug_list()
+            .entries(self.ctx.iter().map(|(a, _)| a))
+            .finish()
     }
 }
 
 impl DigestHasher {
     pub(crate) fn new(algs: &[DigestAlgorithm]) -> Self {
-        Self { ctx: algs.iter().map(|a| (*a, digest::Context::new(a.lc()))).collect() }
+        Self {
+            ctx: algs
+                .iter()
+                .map(|a| (*a, digest::Context::new(a.lc())))
+                .collect(),
+        }
     }
 
     pub(crate) fn update(&mut self, chunk: &[u8]) {
@@ -85,13 +100,19 @@ impl DigestHasher {
     }
 
     pub(crate) fn finish(self) -> Vec<(DigestAlgorithm, Vec<u8>)> {
-        self.ctx.into_iter().map(|(a, c)| (a, c.finish().as_ref().to_vec())).collect()
+        self.ctx
+            .into_iter()
+            .map(|(a, c)| (a, c.finish().as_ref().to_vec()))
+            .collect()
     }
 
     pub(crate) fn header_value(self) -> String {
         let mut ser = sfv::DictSerializer::new();
         for (alg, d) in self.finish() {
-            ser.bare_item(sfv::KeyRef::constant(alg.as_str()), sfv::RefBareItem::ByteSequence(&d));
+            ser.bare_item(
+                sfv::KeyRef::constant(alg.as_str()),
+                sfv::RefBareItem::ByteSequence(&d),
+            );
         }
         ser.finish().unwrap_or_default()
     }
@@ -111,7 +132,11 @@ impl ExpectedDigest {
             .into_iter()
             .filter_map(|(k, v)| DigestAlgorithm::from_key(&k).map(|a| (a, v)))
             .collect();
-        Ok(if expected.is_empty() { None } else { Some(Self { expected }) })
+        Ok(if expected.is_empty() {
+            None
+        } else {
+            Some(Self { expected })
+        })
     }
 
     pub(crate) fn hasher(&self) -> DigestHasher {

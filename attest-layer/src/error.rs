@@ -68,7 +68,9 @@ pub enum HeaderError {
 #[non_exhaustive]
 pub enum SignError {
     /// The request body is larger than the configured cap, so it was not sent.
-    #[error("request body exceeds the signing cap of {limit} bytes; raise `max_body` or stream unsigned on purpose")]
+    #[error(
+        "request body exceeds the signing cap of {limit} bytes; raise `max_body` or stream unsigned on purpose"
+    )]
     BodyTooLarge {
         /// The configured cap in bytes.
         limit: usize,

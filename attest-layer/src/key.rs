@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, ECDSA_P256_SHA256_FIXED,
-    ECDSA_P256_SHA256_FIXED_SIGNING, ED25519,
+    self, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
+    Ed25519KeyPair, KeyPair, ParsedPublicKey,
 };
 use aws_lc_rs::{constant_time, hmac};
 use base64::Engine as _;
@@ -82,6 +82,10 @@ where
     }
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "held once behind an Arc; boxing adds a pointer chase per signature"
+)]
 enum SigningInner {
     Ed25519(Ed25519KeyPair),
     Ecdsa(EcdsaKeyPair),
@@ -110,7 +114,10 @@ impl fmt::Debug for SigningKey {
 }
 
 fn rejected(alg: Algorithm, e: impl fmt::Display) -> KeyError {
-    KeyError::Rejected { alg: alg.as_str(), reason: e.to_string() }
+    KeyError::Rejected {
+        alg: alg.as_str(),
+        reason: e.to_string(),
+    }
 }
 
 impl SigningKey {
@@ -129,8 +136,9 @@ impl SigningKey {
     /// # Errors
     /// When the system random generator fails.
     pub fn generate_ecdsa_p256(keyid: impl Into<Arc<str>>) -> Result<Self, KeyError> {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
         Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, doc.as_ref())
     }
 
@@ -138,7 +146,10 @@ impl SigningKey {
     ///
     /// # Errors
     /// [`KeyError::ShortSecret`] for a secret under 32 bytes.
-    pub fn hmac_sha256(keyid: impl Into<Arc<str>>, secret: &SecretSlice<u8>) -> Result<Self, KeyError> {
+    pub fn hmac_sha256(
+        keyid: impl Into<Arc<str>>,
+        secret: &SecretSlice<u8>,
+    ) -> Result<Self, KeyError> {
         let bytes = secret.expose_secret();
         if bytes.len() < 32 {
             return Err(KeyError::ShortSecret(bytes.len()));
@@ -156,19 +167,34 @@ impl SigningKey {
     ///
     /// # Errors
     /// When the bytes are not a valid key for `alg`.
-    pub fn from_pkcs8_der(keyid: impl Into<Arc<str>>, alg: Algorithm, der: &[u8]) -> Result<Self, KeyError> {
+    pub fn from_pkcs8_der(
+        keyid: impl Into<Arc<str>>,
+        alg: Algorithm,
+        der: &[u8],
+    ) -> Result<Self, KeyError> {
         let keyid = keyid.into();
         match alg {
             Algorithm::Ed25519 => {
-                let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| rejected(alg, e))?;
+                let kp = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+                    .map_err(|e| rejected(alg, e))?;
                 let public = VerifyingKey::from_raw_public(alg, kp.public_key().as_ref())?;
-                Ok(Self { keyid, alg, inner: Arc::new(SigningInner::Ed25519(kp)), public })
+                Ok(Self {
+                    keyid,
+                    alg,
+                    inner: Arc::new(SigningInner::Ed25519(kp)),
+                    public,
+                })
             }
             Algorithm::EcdsaP256Sha256 => {
                 let kp = EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                     .map_err(|e| rejected(alg, e))?;
                 let public = VerifyingKey::from_raw_public(alg, kp.public_key().as_ref())?;
-                Ok(Self { keyid, alg, inner: Arc::new(SigningInner::Ecdsa(kp)), public })
+                Ok(Self {
+                    keyid,
+                    alg,
+                    inner: Arc::new(SigningInner::Ecdsa(kp)),
+                    public,
+                })
             }
             Algorithm::HmacSha256 => Self::hmac_sha256(keyid, &SecretSlice::from(der.to_vec())),
         }
@@ -180,13 +206,20 @@ impl SigningKey {
     /// When the PEM holds no private key of a supported kind.
     pub fn from_pem(keyid: impl Into<Arc<str>>, pem: &str) -> Result<Self, KeyError> {
         let keyid = keyid.into();
-        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| KeyError::Pem(e.to_string()))?;
         let bytes = Zeroizing::new(der.secret_der().to_vec());
         match der {
-            PrivateKeyDer::Pkcs8(_) => Self::from_pkcs8_der(keyid.clone(), Algorithm::Ed25519, &bytes)
-                .or_else(|_| Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes)),
-            PrivateKeyDer::Sec1(_) => Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes),
-            _ => Err(KeyError::Pem("RSA keys are not supported; use ed25519 or ecdsa-p256".into())),
+            PrivateKeyDer::Pkcs8(_) => {
+                Self::from_pkcs8_der(keyid.clone(), Algorithm::Ed25519, &bytes)
+                    .or_else(|_| Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes))
+            }
+            PrivateKeyDer::Sec1(_) => {
+                Self::from_pkcs8_der(keyid, Algorithm::EcdsaP256Sha256, &bytes)
+            }
+            _ => Err(KeyError::Pem(
+                "RSA keys are not supported; use ed25519 or ecdsa-p256".into(),
+            )),
         }
     }
 
@@ -196,9 +229,13 @@ impl SigningKey {
     /// # Errors
     /// When the JSON is not a supported private JWK.
     pub fn from_jwk(keyid: Option<&str>, jwk: &str) -> Result<Self, KeyError> {
-        let j: serde_json::Value = serde_json::from_str(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?;
+        let j: serde_json::Value =
+            serde_json::from_str(jwk).map_err(|e| KeyError::Jwk(e.to_string()))?;
         let field = |name: &str| -> Result<Zeroizing<Vec<u8>>, KeyError> {
-            let s = j.get(name).and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
+            let s = j
+                .get(name)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
             URL_SAFE_NO_PAD
                 .decode(s.trim_end_matches('='))
                 .map(Zeroizing::new)
@@ -206,27 +243,51 @@ impl SigningKey {
         };
         let kid: Arc<str> = match keyid {
             Some(k) => k.into(),
-            None => j.get("kid").and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk("no keyid given and no kid member".into()))?.into(),
+            None => j
+                .get("kid")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| KeyError::Jwk("no keyid given and no kid member".into()))?
+                .into(),
         };
-        match (j.get("kty").and_then(|v| v.as_str()), j.get("crv").and_then(|v| v.as_str())) {
+        match (
+            j.get("kty").and_then(|v| v.as_str()),
+            j.get("crv").and_then(|v| v.as_str()),
+        ) {
             (Some("OKP"), Some("Ed25519")) => {
                 let (d, x) = (field("d")?, field("x")?);
-                let kp = Ed25519KeyPair::from_seed_and_public_key(&d, &x).map_err(|e| rejected(Algorithm::Ed25519, e))?;
+                let kp = Ed25519KeyPair::from_seed_and_public_key(&d, &x)
+                    .map_err(|e| rejected(Algorithm::Ed25519, e))?;
                 let public = VerifyingKey::from_raw_public(Algorithm::Ed25519, &x)?;
-                Ok(Self { keyid: kid, alg: Algorithm::Ed25519, inner: Arc::new(SigningInner::Ed25519(kp)), public })
+                Ok(Self {
+                    keyid: kid,
+                    alg: Algorithm::Ed25519,
+                    inner: Arc::new(SigningInner::Ed25519(kp)),
+                    public,
+                })
             }
             (Some("EC"), Some("P-256")) => {
                 let (d, x, y) = (field("d")?, field("x")?, field("y")?);
                 let mut point = vec![4u8];
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                let kp = EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P256_SHA256_FIXED_SIGNING, &d, &point)
-                    .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
+                let kp = EcdsaKeyPair::from_private_key_and_public_key(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &d,
+                    &point,
+                )
+                .map_err(|e| rejected(Algorithm::EcdsaP256Sha256, e))?;
                 let public = VerifyingKey::from_raw_public(Algorithm::EcdsaP256Sha256, &point)?;
-                Ok(Self { keyid: kid, alg: Algorithm::EcdsaP256Sha256, inner: Arc::new(SigningInner::Ecdsa(kp)), public })
+                Ok(Self {
+                    keyid: kid,
+                    alg: Algorithm::EcdsaP256Sha256,
+                    inner: Arc::new(SigningInner::Ecdsa(kp)),
+                    public,
+                })
             }
             (Some("oct"), _) => Self::hmac_sha256(kid, &SecretSlice::from(field("k")?.to_vec())),
-            (kty, crv) => Err(KeyError::Jwk(format!("unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519, EC/P-256 or oct"))),
+            (kty, crv) => Err(KeyError::Jwk(format!(
+                "unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519, EC/P-256 or oct"
+            ))),
         }
     }
 
@@ -234,7 +295,12 @@ impl SigningKey {
     ///
     /// # Errors
     /// When the source fails or its bytes are not a key for `alg`.
-    pub fn from_source(keyid: impl Into<Arc<str>>, alg: Algorithm, source: &dyn SecretSource, name: &str) -> Result<Self, KeyError> {
+    pub fn from_source(
+        keyid: impl Into<Arc<str>>,
+        alg: Algorithm,
+        source: &dyn SecretSource,
+        name: &str,
+    ) -> Result<Self, KeyError> {
         let secret = source.load(name)?;
         Self::from_pkcs8_der(keyid, alg, secret.expose_secret())
     }
@@ -264,15 +330,27 @@ impl SigningKey {
     /// # Errors
     /// When the crypto library fails.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let err = || KeyError::Sign { keyid: self.keyid.to_string() };
+        let err = || KeyError::Sign {
+            keyid: self.keyid.to_string(),
+        };
         match &*self.inner {
-            SigningInner::Ed25519(kp) => kp.try_sign(message).map(|s| s.as_ref().to_vec()).map_err(|_| err()),
-            SigningInner::Ecdsa(kp) => kp.sign(&SystemRandom::new(), message).map(|s| s.as_ref().to_vec()).map_err(|_| err()),
+            SigningInner::Ed25519(kp) => kp
+                .try_sign(message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| err()),
+            SigningInner::Ecdsa(kp) => kp
+                .sign(&SystemRandom::new(), message)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| err()),
             SigningInner::Hmac(k) => Ok(hmac::sign(k, message).as_ref().to_vec()),
         }
     }
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "held once behind an Arc; boxing adds a pointer chase per verification"
+)]
 enum VerifyInner {
     Public(ParsedPublicKey),
     Hmac(hmac::Key),
@@ -323,7 +401,11 @@ impl VerifyingKey {
             Algorithm::EcdsaP256Sha256 if bytes.len() > 65 => Arc::from(&bytes[bytes.len() - 65..]),
             _ => return Err(rejected(alg, "unexpected public key length")),
         };
-        Ok(Self { alg, inner: Arc::new(VerifyInner::Public(parsed)), raw })
+        Ok(Self {
+            alg,
+            inner: Arc::new(VerifyInner::Public(parsed)),
+            raw,
+        })
     }
 
     /// A public key from `PUBLIC KEY` PEM (SPKI); the algorithm is read from the key.
@@ -331,7 +413,8 @@ impl VerifyingKey {
     /// # Errors
     /// When the PEM is not an ed25519 or P-256 public key.
     pub fn from_public_pem(pem: &str) -> Result<Self, KeyError> {
-        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes()).map_err(|e| KeyError::Pem(e.to_string()))?;
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| KeyError::Pem(e.to_string()))?;
         Self::from_raw_public(Algorithm::Ed25519, der.as_ref())
             .or_else(|_| Self::from_raw_public(Algorithm::EcdsaP256Sha256, der.as_ref()))
     }
@@ -358,18 +441,30 @@ impl VerifyingKey {
     /// When the JWK is not a supported public key.
     pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, KeyError> {
         let field = |name: &str| -> Result<Vec<u8>, KeyError> {
-            let s = jwk.get(name).and_then(|v| v.as_str()).ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
-            URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| KeyError::Jwk(format!("member {name:?} is not base64url")))
+            let s = jwk
+                .get(name)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| KeyError::Jwk(format!("missing member {name:?}")))?;
+            URL_SAFE_NO_PAD
+                .decode(s.trim_end_matches('='))
+                .map_err(|_| KeyError::Jwk(format!("member {name:?} is not base64url")))
         };
-        match (jwk.get("kty").and_then(|v| v.as_str()), jwk.get("crv").and_then(|v| v.as_str())) {
-            (Some("OKP"), Some("Ed25519")) => Self::from_raw_public(Algorithm::Ed25519, &field("x")?),
+        match (
+            jwk.get("kty").and_then(|v| v.as_str()),
+            jwk.get("crv").and_then(|v| v.as_str()),
+        ) {
+            (Some("OKP"), Some("Ed25519")) => {
+                Self::from_raw_public(Algorithm::Ed25519, &field("x")?)
+            }
             (Some("EC"), Some("P-256")) => {
                 let mut point = vec![4u8];
                 point.extend_from_slice(&field("x")?);
                 point.extend_from_slice(&field("y")?);
                 Self::from_raw_public(Algorithm::EcdsaP256Sha256, &point)
             }
-            (kty, crv) => Err(KeyError::Jwk(format!("unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519 or EC/P-256"))),
+            (kty, crv) => Err(KeyError::Jwk(format!(
+                "unsupported kty/crv {kty:?}/{crv:?}; expected OKP/Ed25519 or EC/P-256"
+            ))),
         }
     }
 
@@ -381,7 +476,9 @@ impl VerifyingKey {
     /// The public key as a JWK; `None` for HMAC keys.
     pub fn public_jwk(&self, kid: Option<&str>) -> Option<serde_json::Value> {
         let mut v = match self.alg {
-            Algorithm::Ed25519 => serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&self.raw)}),
+            Algorithm::Ed25519 => {
+                serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&self.raw)})
+            }
             Algorithm::EcdsaP256Sha256 => serde_json::json!({
                 "kty": "EC", "crv": "P-256",
                 "x": URL_SAFE_NO_PAD.encode(&self.raw[1..33]),

@@ -28,7 +28,10 @@ impl SignatureParams {
     /// Parameters covering `components`, with no parameters yet. Parameters are serialized
     /// in the order they are set.
     pub fn new(components: Vec<Component>) -> Self {
-        Self { components, params: sfv::Parameters::new() }
+        Self {
+            components,
+            params: sfv::Parameters::new(),
+        }
     }
 
     fn set(mut self, name: &'static str, value: sfv::BareItem) -> Self {
@@ -37,12 +40,14 @@ impl SignatureParams {
     }
 
     fn set_str(self, name: &'static str, value: &str) -> Result<Self, HeaderError> {
-        let s = sfv::String::from_string(value.to_owned()).map_err(|(e, _)| HeaderError::SignatureInput(format!("{name}: {e}")))?;
+        let s = sfv::String::from_string(value.to_owned())
+            .map_err(|(e, _)| HeaderError::SignatureInput(format!("{name}: {e}")))?;
         Ok(self.set(name, sfv::BareItem::String(s)))
     }
 
     fn set_int(self, name: &'static str, value: u64) -> Result<Self, HeaderError> {
-        let i = sfv::Integer::try_from(value).map_err(|e| HeaderError::SignatureInput(format!("{name}: {e}")))?;
+        let i = sfv::Integer::try_from(value)
+            .map_err(|e| HeaderError::SignatureInput(format!("{name}: {e}")))?;
         Ok(self.set(name, sfv::BareItem::Integer(i)))
     }
 
@@ -103,13 +108,19 @@ impl SignatureParams {
         self.params.get(name).map(|v| {
             v.as_integer()
                 .and_then(|i| u64::try_from(i).ok())
-                .ok_or_else(|| HeaderError::SignatureInput(format!("parameter {name} must be a non-negative integer")))
+                .ok_or_else(|| {
+                    HeaderError::SignatureInput(format!(
+                        "parameter {name} must be a non-negative integer"
+                    ))
+                })
         })
     }
 
     fn string(&self, name: &str) -> Option<Result<&str, HeaderError>> {
         self.params.get(name).map(|v| {
-            v.as_string().map(|s| s.as_str()).ok_or_else(|| HeaderError::SignatureInput(format!("parameter {name} must be a string")))
+            v.as_string().map(|s| s.as_str()).ok_or_else(|| {
+                HeaderError::SignatureInput(format!("parameter {name} must be a string"))
+            })
         })
     }
 
@@ -162,7 +173,10 @@ impl SignatureParams {
     }
 
     fn inner_list(&self) -> sfv::InnerList {
-        sfv::InnerList::with_params(self.components.iter().map(|c| c.item().clone()).collect(), self.params.clone())
+        sfv::InnerList::with_params(
+            self.components.iter().map(|c| c.item().clone()).collect(),
+            self.params.clone(),
+        )
     }
 
     /// The serialized inner list with parameters: the value of `@signature-params`.
@@ -180,8 +194,14 @@ impl SignatureParams {
     pub fn signature_base(&self, req: &RequestParts<'_>) -> Result<String, HeaderError> {
         let mut base = String::with_capacity(256);
         for (i, c) in self.components.iter().enumerate() {
-            if self.components[..i].iter().any(|p| p.identifier() == c.identifier()) {
-                return Err(HeaderError::Component { component: c.identifier().to_owned(), reason: "covered more than once".into() });
+            if self.components[..i]
+                .iter()
+                .any(|p| p.identifier() == c.identifier())
+            {
+                return Err(HeaderError::Component {
+                    component: c.identifier().to_owned(),
+                    reason: "covered more than once".into(),
+                });
             }
             base.push_str(c.identifier());
             base.push_str(": ");
@@ -200,7 +220,10 @@ impl SignatureParams {
             .map(Component::from_item)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| HeaderError::SignatureInput(e.to_string()))?;
-        let me = Self { components, params: list.params.clone() };
+        let me = Self {
+            components,
+            params: list.params.clone(),
+        };
         // Type-check the registered parameters up front.
         me.created()?;
         me.expires()?;
@@ -221,16 +244,26 @@ fn joined(values: &[&str]) -> String {
 /// # Errors
 /// [`HeaderError::SignatureInput`] for anything that is not a dictionary of inner lists of
 /// valid component identifiers.
-pub fn parse_signature_input(values: &[&str]) -> Result<Vec<(String, SignatureParams)>, HeaderError> {
+pub fn parse_signature_input(
+    values: &[&str],
+) -> Result<Vec<(String, SignatureParams)>, HeaderError> {
     let text = joined(values);
-    let dict: sfv::Dictionary = sfv::Parser::new(&text).parse().map_err(|e| HeaderError::SignatureInput(e.to_string()))?;
+    let dict: sfv::Dictionary = sfv::Parser::new(&text)
+        .parse()
+        .map_err(|e| HeaderError::SignatureInput(e.to_string()))?;
     if dict.is_empty() {
         return Err(HeaderError::SignatureInput("empty dictionary".into()));
     }
     dict.iter()
         .map(|(label, entry)| match entry {
-            sfv::ListEntry::InnerList(list) => Ok((label.as_str().to_owned(), SignatureParams::from_inner_list(list)?)),
-            sfv::ListEntry::Item(_) => Err(HeaderError::SignatureInput(format!("member {:?} must be an inner list", label.as_str()))),
+            sfv::ListEntry::InnerList(list) => Ok((
+                label.as_str().to_owned(),
+                SignatureParams::from_inner_list(list)?,
+            )),
+            sfv::ListEntry::Item(_) => Err(HeaderError::SignatureInput(format!(
+                "member {:?} must be an inner list",
+                label.as_str()
+            ))),
         })
         .collect()
 }
@@ -241,27 +274,39 @@ pub fn parse_signature_input(values: &[&str]) -> Result<Vec<(String, SignaturePa
 /// [`HeaderError::Signature`] for anything that is not a dictionary of byte sequences.
 pub fn parse_signature(values: &[&str]) -> Result<Vec<(String, Vec<u8>)>, HeaderError> {
     let text = joined(values);
-    let dict: sfv::Dictionary = sfv::Parser::new(&text).parse().map_err(|e| HeaderError::Signature(e.to_string()))?;
+    let dict: sfv::Dictionary = sfv::Parser::new(&text)
+        .parse()
+        .map_err(|e| HeaderError::Signature(e.to_string()))?;
     if dict.is_empty() {
         return Err(HeaderError::Signature("empty dictionary".into()));
     }
     dict.iter()
         .map(|(label, entry)| match entry {
-            sfv::ListEntry::Item(sfv::Item { bare_item: sfv::BareItem::ByteSequence(b), .. }) => Ok((label.as_str().to_owned(), b.clone())),
-            _ => Err(HeaderError::Signature(format!("member {:?} must be a byte sequence", label.as_str()))),
+            sfv::ListEntry::Item(sfv::Item {
+                bare_item: sfv::BareItem::ByteSequence(b),
+                ..
+            }) => Ok((label.as_str().to_owned(), b.clone())),
+            _ => Err(HeaderError::Signature(format!(
+                "member {:?} must be a byte sequence",
+                label.as_str()
+            ))),
         })
         .collect()
 }
 
 fn label_key(label: &str) -> Result<sfv::Key, HeaderError> {
-    sfv::Key::from_string(label.to_owned()).map_err(|(e, _)| HeaderError::SignatureInput(format!("label {label:?}: {e}")))
+    sfv::Key::from_string(label.to_owned())
+        .map_err(|(e, _)| HeaderError::SignatureInput(format!("label {label:?}: {e}")))
 }
 
 /// Serializes one `Signature-Input` member: `label=(...);params`.
 ///
 /// # Errors
 /// When `label` is not a valid structured-field key (lowercase, digits, `_-.*`).
-pub fn serialize_signature_input(label: &str, params: &SignatureParams) -> Result<String, HeaderError> {
+pub fn serialize_signature_input(
+    label: &str,
+    params: &SignatureParams,
+) -> Result<String, HeaderError> {
     let mut ser = sfv::DictSerializer::new();
     let entry = sfv::ListEntry::InnerList(params.inner_list());
     ser.members([(label_key(label)?, &entry)]);
@@ -274,14 +319,21 @@ pub fn serialize_signature_input(label: &str, params: &SignatureParams) -> Resul
 /// When `label` is not a valid structured-field key.
 pub fn serialize_signature(label: &str, signature: &[u8]) -> Result<String, HeaderError> {
     let mut ser = sfv::DictSerializer::new();
-    let entry = sfv::ListEntry::Item(sfv::Item::new(sfv::BareItem::ByteSequence(signature.to_vec())));
+    let entry = sfv::ListEntry::Item(sfv::Item::new(sfv::BareItem::ByteSequence(
+        signature.to_vec(),
+    )));
     ser.members([(label_key(label)?, &entry)]);
     Ok(ser.finish().unwrap_or_default())
 }
 
 /// Serializes an `Accept-Signature` member (RFC 9421 §5.1) asking for `components` with
 /// `created`, optionally `nonce`, `tag` and `alg`.
-pub(crate) fn serialize_accept_signature(label: &str, components: &[Component], nonce: bool, tag: Option<&str>) -> Option<String> {
+pub(crate) fn serialize_accept_signature(
+    label: &str,
+    components: &[Component],
+    nonce: bool,
+    tag: Option<&str>,
+) -> Option<String> {
     let mut params = sfv::Parameters::new();
     params.insert(key("created"), sfv::BareItem::Boolean(true));
     if nonce {
@@ -290,7 +342,10 @@ pub(crate) fn serialize_accept_signature(label: &str, components: &[Component], 
     if let Some(tag) = tag.and_then(|t| sfv::String::from_string(t.to_owned()).ok()) {
         params.insert(key("tag"), sfv::BareItem::String(tag));
     }
-    let list = sfv::InnerList::with_params(components.iter().map(|c| c.item().clone()).collect(), params);
+    let list = sfv::InnerList::with_params(
+        components.iter().map(|c| c.item().clone()).collect(),
+        params,
+    );
     let mut ser = sfv::DictSerializer::new();
     let entry = sfv::ListEntry::InnerList(list);
     ser.members([(label_key(label).ok()?, &entry)]);

@@ -20,7 +20,9 @@ pub type ReplayFuture = Pin<Box<dyn Future<Output = Result<bool, ReplayError>> +
 #[non_exhaustive]
 pub enum ReplayError {
     /// The in-memory cache holds `capacity` live entries and refuses new ones until some expire.
-    #[error("replay cache is full ({capacity} live entries); raise the capacity or shorten the window")]
+    #[error(
+        "replay cache is full ({capacity} live entries); raise the capacity or shorten the window"
+    )]
     Full {
         /// The configured capacity.
         capacity: usize,
@@ -76,14 +78,20 @@ pub struct MemoryReplayCache {
 
 impl fmt::Debug for MemoryReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryReplayCache").field("capacity", &self.capacity).field("len", &self.len()).finish()
+        f.debug_struct("MemoryReplayCache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish()
     }
 }
 
 impl MemoryReplayCache {
     /// A cache holding at most `capacity` live keys.
     pub fn new(capacity: usize) -> Self {
-        Self { state: Arc::new(Mutex::new(MemoryState::default())), capacity: capacity.max(1) }
+        Self {
+            state: Arc::new(Mutex::new(MemoryState::default())),
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
@@ -114,7 +122,9 @@ impl MemoryReplayCache {
             return Ok(false);
         }
         if s.entries.len() >= self.capacity {
-            return Err(ReplayError::Full { capacity: self.capacity });
+            return Err(ReplayError::Full {
+                capacity: self.capacity,
+            });
         }
         let at = now + ttl;
         s.entries.insert(key.clone(), at);
@@ -156,7 +166,9 @@ mod redis_cache {
 
     impl fmt::Debug for RedisReplayCache {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("RedisReplayCache").field("prefix", &self.prefix).finish()
+            f.debug_struct("RedisReplayCache")
+                .field("prefix", &self.prefix)
+                .finish()
         }
     }
 
@@ -166,14 +178,21 @@ mod redis_cache {
         /// # Errors
         /// When the URL is invalid or the server cannot be reached.
         pub async fn connect(url: &str) -> Result<Self, ReplayError> {
-            let client = redis::Client::open(url).map_err(|e| ReplayError::Backend(e.to_string()))?;
-            let conn = client.get_multiplexed_async_connection().await.map_err(|e| ReplayError::Backend(e.to_string()))?;
+            let client =
+                redis::Client::open(url).map_err(|e| ReplayError::Backend(e.to_string()))?;
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| ReplayError::Backend(e.to_string()))?;
             Ok(Self::new(conn))
         }
 
         /// Uses an existing multiplexed connection.
         pub fn new(conn: redis::aio::MultiplexedConnection) -> Self {
-            Self { conn, prefix: Arc::from("portcullis:replay:") }
+            Self {
+                conn,
+                prefix: Arc::from("portcullis:replay:"),
+            }
         }
 
         /// Sets the key prefix (to share one Redis between deployments).

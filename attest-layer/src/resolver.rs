@@ -83,8 +83,12 @@ impl JwksKeys {
     /// # Errors
     /// When the JSON is not a JWKS object with a `keys` array, or a usable key is malformed.
     pub fn from_json(json: &str) -> Result<Self, KeyError> {
-        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| KeyError::Jwk(format!("jwks is not json: {e}")))?;
-        let keys = v.get("keys").and_then(|k| k.as_array()).ok_or_else(|| KeyError::Jwk("jwks has no \"keys\" array".into()))?;
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| KeyError::Jwk(format!("jwks is not json: {e}")))?;
+        let keys = v
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| KeyError::Jwk("jwks has no \"keys\" array".into()))?;
         let mut out = StaticKeys::new();
         let mut skipped = 0;
         for k in keys {
@@ -92,7 +96,10 @@ impl JwksKeys {
                 skipped += 1;
                 continue;
             };
-            match (k.get("kty").and_then(|v| v.as_str()), k.get("crv").and_then(|v| v.as_str())) {
+            match (
+                k.get("kty").and_then(|v| v.as_str()),
+                k.get("crv").and_then(|v| v.as_str()),
+            ) {
                 (Some("OKP"), Some("Ed25519")) | (Some("EC"), Some("P-256")) => {
                     out = out.with(kid, VerifyingKey::from_jwk(k)?);
                 }
@@ -129,14 +136,21 @@ pub struct RotatingKeys {
 impl fmt::Debug for RotatingKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let r = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        f.debug_struct("RotatingKeys").field("overlap_until", &r.previous.as_ref().map(|(_, t)| *t)).finish()
+        f.debug_struct("RotatingKeys")
+            .field("overlap_until", &r.previous.as_ref().map(|(_, t)| *t))
+            .finish()
     }
 }
 
 impl RotatingKeys {
     /// Starts with `current`.
     pub fn new(current: impl KeyResolver) -> Self {
-        Self { inner: Arc::new(RwLock::new(Rotation { current: Arc::new(current), previous: None })) }
+        Self {
+            inner: Arc::new(RwLock::new(Rotation {
+                current: Arc::new(current),
+                previous: None,
+            })),
+        }
     }
 
     /// Makes `next` current; the old current set stays valid for `overlap` (tokio clock).

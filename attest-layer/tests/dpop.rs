@@ -26,16 +26,26 @@ async fn proof_for(layer: &DpopLayer, req: Request<Full<Bytes>>) -> Request<Full
     seen.lock().unwrap().take().unwrap()
 }
 
-fn app() -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone {
+fn app()
+-> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone {
     service_fn(|req: Request<Full<Bytes>>| async move {
-        let jkt = req.extensions().get::<VerifiedDpop>().map(|p| p.jkt().to_owned()).unwrap_or_default();
+        let jkt = req
+            .extensions()
+            .get::<VerifiedDpop>()
+            .map(|p| p.jkt().to_owned())
+            .unwrap_or_default();
         Ok::<_, Infallible>(Response::new(Full::from(jkt)))
     })
 }
 
 async fn check(server: &VerifyDpopLayer, req: Request<Full<Bytes>>) -> (u16, String) {
     let res = server.layer(app()).oneshot(req).await.unwrap();
-    let reason = res.headers().get("portcullis-reason").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let reason = res
+        .headers()
+        .get("portcullis-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     (res.status().as_u16(), reason)
 }
 
@@ -44,7 +54,10 @@ fn server() -> VerifyDpopLayer {
 }
 
 fn get(uri: &str) -> Request<Full<Bytes>> {
-    Request::get(uri).header("authorization", "DPoP tok-123").body(Full::new(Bytes::new())).unwrap()
+    Request::get(uri)
+        .header("authorization", "DPoP tok-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 fn client(key: &SigningKey) -> DpopLayer {
@@ -59,7 +72,10 @@ fn claims_of(req: &Request<Full<Bytes>>) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_valid_proof_is_accepted_for_both_key_types_and_carries_ath() {
-    for key in [SigningKey::generate_ed25519("d").unwrap(), SigningKey::generate_ecdsa_p256("d").unwrap()] {
+    for key in [
+        SigningKey::generate_ed25519("d").unwrap(),
+        SigningKey::generate_ecdsa_p256("d").unwrap(),
+    ] {
         let layer = client(&key);
         let req = proof_for(&layer, get("https://api.example.com/v1/me?x=1")).await;
         let c = claims_of(&req);
@@ -69,8 +85,15 @@ async fn a_valid_proof_is_accepted_for_both_key_types_and_carries_ath() {
         assert_eq!(c["ath"], access_token_hash("tok-123"));
         let res = server().layer(app()).oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
-        assert_eq!(body, layer.jkt().as_bytes(), "the proof's key thumbprint reaches the app");
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            body,
+            layer.jkt().as_bytes(),
+            "the proof's key thumbprint reaches the app"
+        );
     }
 }
 
@@ -79,10 +102,16 @@ async fn wrong_htu_or_htm_is_refused() {
     let key = SigningKey::generate_ed25519("d").unwrap();
     let mut req = proof_for(&client(&key), get("https://api.example.com/v1/me")).await;
     *req.uri_mut() = "https://api.example.com/v1/admin".parse().unwrap();
-    assert_eq!(check(&server(), req).await, (401, "dpop_htu_mismatch".into()));
+    assert_eq!(
+        check(&server(), req).await,
+        (401, "dpop_htu_mismatch".into())
+    );
     let mut req = proof_for(&client(&key), get("https://api.example.com/v1/me")).await;
     *req.method_mut() = http::Method::DELETE;
-    assert_eq!(check(&server(), req).await, (401, "dpop_htm_mismatch".into()));
+    assert_eq!(
+        check(&server(), req).await,
+        (401, "dpop_htm_mismatch".into())
+    );
 }
 
 #[tokio::test]
@@ -90,7 +119,8 @@ async fn an_origin_form_request_is_matched_through_host_and_scheme() {
     let key = SigningKey::generate_ed25519("d").unwrap();
     let mut req = proof_for(&client(&key), get("https://api.example.com:443/v1/me")).await;
     *req.uri_mut() = "/v1/me".parse().unwrap();
-    req.headers_mut().insert("host", "API.example.com".parse().unwrap());
+    req.headers_mut()
+        .insert("host", "API.example.com".parse().unwrap());
     assert_eq!(check(&server(), req).await.0, 200);
 }
 
@@ -99,7 +129,9 @@ async fn a_replayed_jti_is_refused() {
     let key = SigningKey::generate_ed25519("d").unwrap();
     let req = proof_for(&client(&key), get("https://api.example.com/v1/me")).await;
     let mut again = get("https://api.example.com/v1/me");
-    again.headers_mut().insert("dpop", req.headers()["dpop"].clone());
+    again
+        .headers_mut()
+        .insert("dpop", req.headers()["dpop"].clone());
     let server = server();
     assert_eq!(check(&server, req).await.0, 200);
     assert_eq!(check(&server, again).await, (401, "dpop_replayed".into()));
@@ -109,25 +141,54 @@ async fn a_replayed_jti_is_refused() {
 async fn a_stale_or_future_iat_is_refused() {
     let key = SigningKey::generate_ed25519("d").unwrap();
     let old = DpopLayer::new(key.clone()).unwrap().clock(|| NOW - 61);
-    assert_eq!(check(&server(), proof_for(&old, get("https://a.example/x")).await).await.1, "dpop_stale_iat");
+    assert_eq!(
+        check(&server(), proof_for(&old, get("https://a.example/x")).await)
+            .await
+            .1,
+        "dpop_stale_iat"
+    );
     let ahead = DpopLayer::new(key).unwrap().clock(|| NOW + 30);
-    assert_eq!(check(&server(), proof_for(&ahead, get("https://a.example/x")).await).await.1, "dpop_stale_iat");
+    assert_eq!(
+        check(
+            &server(),
+            proof_for(&ahead, get("https://a.example/x")).await
+        )
+        .await
+        .1,
+        "dpop_stale_iat"
+    );
 }
 
 #[tokio::test]
 async fn an_ath_mismatch_or_a_missing_ath_is_refused() {
     let key = SigningKey::generate_ed25519("d").unwrap();
     let mut req = proof_for(&client(&key), get("https://a.example/x")).await;
-    req.headers_mut().insert("authorization", "DPoP stolen-token".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", "DPoP stolen-token".parse().unwrap());
     assert_eq!(check(&server(), req).await.1, "dpop_ath_mismatch");
     // A proof made without a token, then a token added by someone else.
-    let mut req = proof_for(&client(&key), Request::get("https://a.example/x").body(Full::new(Bytes::new())).unwrap()).await;
-    req.headers_mut().insert("authorization", "DPoP tok-123".parse().unwrap());
+    let mut req = proof_for(
+        &client(&key),
+        Request::get("https://a.example/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    req.headers_mut()
+        .insert("authorization", "DPoP tok-123".parse().unwrap());
     assert_eq!(check(&server(), req).await.1, "dpop_ath_mismatch");
 }
 
-fn forge(header: serde_json::Value, claims: serde_json::Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+fn forge(
+    header: serde_json::Value,
+    claims: serde_json::Value,
+    sign: impl Fn(&[u8]) -> Vec<u8>,
+) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
     let sig = sign(input.as_bytes());
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
@@ -137,7 +198,9 @@ fn good_claims() -> serde_json::Value {
 }
 
 async fn check_token(token: &str) -> String {
-    let mut req = Request::get("https://a.example/x").body(Full::new(Bytes::new())).unwrap();
+    let mut req = Request::get("https://a.example/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     req.headers_mut().insert("dpop", token.parse().unwrap());
     check(&server(), req).await.1
 }
@@ -148,27 +211,64 @@ async fn symmetric_algorithms_none_wrong_typ_and_private_jwks_are_refused() {
     let hs = forge(
         serde_json::json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": {"kty": "oct", "k": URL_SAFE_NO_PAD.encode(secret)}}),
         good_claims(),
-        |m| aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret), m).as_ref().to_vec(),
+        |m| {
+            aws_lc_rs::hmac::sign(
+                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+                m,
+            )
+            .as_ref()
+            .to_vec()
+        },
     );
     assert_eq!(check_token(&hs).await, "dpop_unsupported_alg");
-    let none = forge(serde_json::json!({"typ": "dpop+jwt", "alg": "none"}), good_claims(), |_| Vec::new());
+    let none = forge(
+        serde_json::json!({"typ": "dpop+jwt", "alg": "none"}),
+        good_claims(),
+        |_| Vec::new(),
+    );
     assert_eq!(check_token(&none).await, "dpop_unsupported_alg");
 
     let key = SigningKey::generate_ed25519("d").unwrap();
     let jwk = key.public_jwk().unwrap();
-    let wrong_typ = forge(serde_json::json!({"typ": "JWT", "alg": "EdDSA", "jwk": jwk}), good_claims(), |m| key.sign(m).unwrap());
+    let wrong_typ = forge(
+        serde_json::json!({"typ": "JWT", "alg": "EdDSA", "jwk": jwk}),
+        good_claims(),
+        |m| key.sign(m).unwrap(),
+    );
     assert_eq!(check_token(&wrong_typ).await, "dpop_wrong_typ");
     let mut private = jwk.clone();
     private["d"] = "AAAA".into();
-    let leaked = forge(serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": private}), good_claims(), |m| key.sign(m).unwrap());
+    let leaked = forge(
+        serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": private}),
+        good_claims(),
+        |m| key.sign(m).unwrap(),
+    );
     assert_eq!(check_token(&leaked).await, "dpop_bad_jwk");
     let other = SigningKey::generate_ed25519("o").unwrap();
-    let forged = forge(serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}), good_claims(), |m| other.sign(m).unwrap());
+    let forged = forge(
+        serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}),
+        good_claims(),
+        |m| other.sign(m).unwrap(),
+    );
     assert_eq!(check_token(&forged).await, "dpop_invalid_signature");
-    let good = forge(serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}), good_claims(), |m| key.sign(m).unwrap());
+    let good = forge(
+        serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk}),
+        good_claims(),
+        |m| key.sign(m).unwrap(),
+    );
     assert_eq!(check_token(&good).await, "");
     assert_eq!(check_token("garbage").await, "dpop_malformed");
-    assert_eq!(check(&server(), Request::get("https://a.example/x").body(Full::new(Bytes::new())).unwrap()).await.1, "dpop_missing");
+    assert_eq!(
+        check(
+            &server(),
+            Request::get("https://a.example/x")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        )
+        .await
+        .1,
+        "dpop_missing"
+    );
 }
 
 /// What an access-token layer would have put into the extensions (test-local type).
@@ -182,14 +282,24 @@ async fn the_access_token_cnf_jkt_binding_is_enforced_through_the_hook() {
     let holder = SigningKey::generate_ecdsa_p256("holder").unwrap();
     let thief = SigningKey::generate_ecdsa_p256("thief").unwrap();
     let bound_to = client(&holder).jkt().to_owned();
-    assert_eq!(jwk_thumbprint(&holder.public_jwk().unwrap()).unwrap(), bound_to);
+    assert_eq!(
+        jwk_thumbprint(&holder.public_jwk().unwrap()).unwrap(),
+        bound_to
+    );
     let server = VerifyDpopLayer::builder()
         .clock(|| NOW)
-        .expected_jkt(|parts: &http::request::Parts| parts.extensions.get::<TokenClaims>().map(|c| c.cnf_jkt.clone()))
+        .expected_jkt(|parts: &http::request::Parts| {
+            parts
+                .extensions
+                .get::<TokenClaims>()
+                .map(|c| c.cnf_jkt.clone())
+        })
         .build();
     for (key, want) in [(&holder, 200), (&thief, 401)] {
         let mut req = proof_for(&client(key), get("https://a.example/x")).await;
-        req.extensions_mut().insert(TokenClaims { cnf_jkt: bound_to.clone() });
+        req.extensions_mut().insert(TokenClaims {
+            cnf_jkt: bound_to.clone(),
+        });
         let (status, reason) = check(&server, req).await;
         assert_eq!(status, want, "{reason}");
         if want == 401 {
@@ -206,15 +316,26 @@ async fn the_client_retries_once_with_the_server_nonce_and_keeps_it() {
     let n = nonces.clone();
     let server = service_fn(move |req: Request<Full<Bytes>>| {
         let token = req.headers()["dpop"].to_str().unwrap().to_owned();
-        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap();
-        let nonce = claims.get("nonce").and_then(|v| v.as_str()).map(str::to_owned);
+        let claims: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let nonce = claims
+            .get("nonce")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         n.lock().unwrap().push(nonce.clone());
         let res = if nonce.as_deref() == Some("n-1") {
             Response::new(Full::new(Bytes::new()))
         } else {
             Response::builder()
                 .status(401)
-                .header("www-authenticate", "DPoP error=\"use_dpop_nonce\", error_description=\"nonce required\"")
+                .header(
+                    "www-authenticate",
+                    "DPoP error=\"use_dpop_nonce\", error_description=\"nonce required\"",
+                )
                 .header("dpop-nonce", "n-1")
                 .body(Full::new(Bytes::new()))
                 .unwrap()
@@ -222,12 +343,32 @@ async fn the_client_retries_once_with_the_server_nonce_and_keeps_it() {
         async move { Ok::<_, Infallible>(res) }
     });
     let mut svc = layer.layer(server);
-    let res = svc.ready().await.unwrap().call(get("https://a.example/x")).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("https://a.example/x"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(*nonces.lock().unwrap(), vec![None, Some("n-1".to_owned())], "one retry with the nonce");
-    let res = svc.ready().await.unwrap().call(get("https://a.example/y")).await.unwrap();
+    assert_eq!(
+        *nonces.lock().unwrap(),
+        vec![None, Some("n-1".to_owned())],
+        "one retry with the nonce"
+    );
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(get("https://a.example/y"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(nonces.lock().unwrap().len(), 3, "the nonce is reused without another round trip");
+    assert_eq!(
+        nonces.lock().unwrap().len(),
+        3,
+        "the nonce is reused without another round trip"
+    );
     assert_eq!(layer.nonce().as_deref(), Some("n-1"));
 }
 
@@ -247,7 +388,11 @@ async fn the_client_does_not_loop_when_the_server_keeps_refusing() {
             .unwrap();
         async move { Ok::<_, Infallible>(res) }
     });
-    let res = client(&key).layer(server).oneshot(get("https://a.example/x")).await.unwrap();
+    let res = client(&key)
+        .layer(server)
+        .oneshot(get("https://a.example/x"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(*calls.lock().unwrap(), 2, "exactly one retry");
 }

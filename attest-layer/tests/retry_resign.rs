@@ -20,7 +20,11 @@ struct RetryOnce(usize);
 impl<E> Policy<Request<Full<Bytes>>, Response<Full<Bytes>>, E> for RetryOnce {
     type Future = tokio::time::Sleep;
 
-    fn retry(&mut self, _req: &mut Request<Full<Bytes>>, res: &mut Result<Response<Full<Bytes>>, E>) -> Option<Self::Future> {
+    fn retry(
+        &mut self,
+        _req: &mut Request<Full<Bytes>>,
+        res: &mut Result<Response<Full<Bytes>>, E>,
+    ) -> Option<Self::Future> {
         let failed = matches!(res, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE);
         if failed && self.0 > 0 {
             self.0 -= 1;
@@ -31,7 +35,9 @@ impl<E> Policy<Request<Full<Bytes>>, Response<Full<Bytes>>, E> for RetryOnce {
     }
 
     fn clone_request(&mut self, req: &Request<Full<Bytes>>) -> Option<Request<Full<Bytes>>> {
-        let mut b = Request::builder().method(req.method().clone()).uri(req.uri().clone());
+        let mut b = Request::builder()
+            .method(req.method().clone())
+            .uri(req.uri().clone());
         for (k, v) in req.headers() {
             b = b.header(k, v);
         }
@@ -47,9 +53,23 @@ async fn every_retry_carries_a_new_created_and_nonce() {
         let s = s.clone();
         async move {
             let mut s = s.lock().unwrap();
-            s.push(req.headers()["signature-input"].to_str().unwrap().to_owned());
-            let status = if s.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-            Ok::<_, Infallible>(Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+            s.push(
+                req.headers()["signature-input"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            let status = if s.len() == 1 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(status)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
         }
     });
     let key = SigningKey::generate_ed25519("k").unwrap();
@@ -57,7 +77,14 @@ async fn every_retry_carries_a_new_created_and_nonce() {
         .retry(RetryOnce(1))
         .layer(SignLayer::new(key).clock(TokioClock::starting_at(1_700_000_000)))
         .service(transport);
-    let res = client.oneshot(Request::post("http://a.example/pay").body(Full::from("{}")).unwrap()).await.unwrap();
+    let res = client
+        .oneshot(
+            Request::post("http://a.example/pay")
+                .body(Full::from("{}"))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
     let seen = seen.lock().unwrap();
@@ -65,7 +92,11 @@ async fn every_retry_carries_a_new_created_and_nonce() {
     let first = &parse_signature_input(&[&seen[0]]).unwrap()[0].1;
     let second = &parse_signature_input(&[&seen[1]]).unwrap()[0].1;
     assert_eq!(first.created().unwrap(), Some(1_700_000_000));
-    assert_eq!(second.created().unwrap(), Some(1_700_000_002), "signed after the 2 s backoff");
+    assert_eq!(
+        second.created().unwrap(),
+        Some(1_700_000_002),
+        "signed after the 2 s backoff"
+    );
     assert_ne!(first.nonce().unwrap(), second.nonce().unwrap());
     assert!(first.nonce().unwrap().unwrap().len() >= 22, "128-bit nonce");
 }

@@ -43,14 +43,19 @@ pub struct AttachAttestationLayer {
 
 impl std::fmt::Debug for AttachAttestationLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttachAttestationLayer").field("header", &self.header).finish_non_exhaustive()
+        f.debug_struct("AttachAttestationLayer")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
     }
 }
 
 impl AttachAttestationLayer {
     /// Attaches tokens from `provider`.
     pub fn new(provider: impl AttestationProvider) -> Self {
-        Self { provider: Arc::new(provider), header: HeaderName::from_static(DEFAULT_HEADER) }
+        Self {
+            provider: Arc::new(provider),
+            header: HeaderName::from_static(DEFAULT_HEADER),
+        }
     }
 
     /// Uses another header name.
@@ -65,7 +70,10 @@ impl<S> Layer<S> for AttachAttestationLayer {
     type Service = AttachAttestation<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AttachAttestation { inner, layer: self.clone() }
+        AttachAttestation {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -107,11 +115,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(token) = self.layer.provider.token() {
-            if let Ok(mut v) = HeaderValue::from_str(token.expose_secret()) {
-                v.set_sensitive(true);
-                req.headers_mut().insert(self.layer.header.clone(), v);
-            }
+        if let Some(token) = self.layer.provider.token()
+            && let Ok(mut v) = HeaderValue::from_str(token.expose_secret())
+        {
+            v.set_sensitive(true);
+            req.headers_mut().insert(self.layer.header.clone(), v);
         }
         self.inner.call(req)
     }

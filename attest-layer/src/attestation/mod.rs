@@ -14,8 +14,12 @@ mod server;
 mod verifier;
 
 pub use self::client::{AttachAttestation, AttachAttestationLayer, AttestationProvider};
-pub use self::server::{Attestation, AttestationFuture, AttestationLayer, AttestationLayerBuilder, AttestationMode};
-pub use self::verifier::{AttestationError, AttestationVerifier, AttestedDevice, JwtAttestationVerifier};
+pub use self::server::{
+    Attestation, AttestationFuture, AttestationLayer, AttestationLayerBuilder, AttestationMode,
+};
+pub use self::verifier::{
+    AttestationError, AttestationVerifier, AttestedDevice, JwtAttestationVerifier,
+};
 
 /// The header Firebase App Check uses, and the default here.
 pub const DEFAULT_HEADER: &str = "x-firebase-appcheck";

@@ -56,7 +56,10 @@ impl AttestConfig {
         self.routes
             .iter()
             .filter(|(prefix, _)| {
-                path == prefix || (path.starts_with(prefix.as_str()) && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+                path == prefix
+                    || (path.starts_with(prefix.as_str())
+                        && (prefix.ends_with('/')
+                            || path.as_bytes().get(prefix.len()) == Some(&b'/')))
             })
             .max_by_key(|(prefix, _)| prefix.len())
             .map_or(self.default_mode, |(_, m)| *m)
@@ -135,7 +138,9 @@ impl AttestationLayerBuilder {
 
     /// Builds the layer.
     pub fn build(self) -> AttestationLayer {
-        AttestationLayer { config: Arc::new(self.config) }
+        AttestationLayer {
+            config: Arc::new(self.config),
+        }
     }
 }
 
@@ -143,7 +148,10 @@ impl<S> Layer<S> for AttestationLayer {
     type Service = Attestation<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Attestation { inner, config: self.config.clone() }
+        Attestation {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -172,7 +180,11 @@ impl<S> Attestation<S> {
 }
 
 fn event(parts: &Parts, err: &AttestationError, mode: AttestationMode) {
-    let outcome = if mode == AttestationMode::Optional { "report_only" } else { "refused" };
+    let outcome = if mode == AttestationMode::Optional {
+        "report_only"
+    } else {
+        "refused"
+    };
     tracing::warn!(
         target: "portcullis::attest",
         {
@@ -191,9 +203,13 @@ fn event(parts: &Parts, err: &AttestationError, mode: AttestationMode) {
 
 fn reject<ResBody: Default>(err: &AttestationError) -> Response<ResBody> {
     let mut res = Response::new(ResBody::default());
-    *res.status_mut() =
-        if *err == AttestationError::ReplayCacheUnavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
-    res.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(err.as_str()));
+    *res.status_mut() = if *err == AttestationError::ReplayCacheUnavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    res.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(err.as_str()));
     res
 }
 
@@ -214,13 +230,22 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mode = self.config.mode_for(req.uri().path());
         if mode == AttestationMode::Off {
-            return AttestationFuture { state: AttestState::Calling { fut: self.inner.call(req) } };
+            return AttestationFuture {
+                state: AttestState::Calling {
+                    fut: self.inner.call(req),
+                },
+            };
         }
         let (mut parts, body) = req.into_parts();
-        let token = parts.headers.get(&self.config.header).map(|v| v.to_str().map(str::trim));
+        let token = parts
+            .headers
+            .get(&self.config.header)
+            .map(|v| v.to_str().map(str::trim));
         let result = match token {
             None => Err(AttestationError::Missing),
-            Some(Err(_)) => Err(AttestationError::Malformed("header is not visible ascii".into())),
+            Some(Err(_)) => Err(AttestationError::Malformed(
+                "header is not visible ascii".into(),
+            )),
             Some(Ok(t)) => self.config.verifier.verify(t),
         };
         let device = match result {
@@ -228,14 +253,27 @@ where
             Err(e) => {
                 event(&parts, &e, mode);
                 if mode == AttestationMode::Optional {
-                    return AttestationFuture { state: AttestState::Calling { fut: self.inner.call(Request::from_parts(parts, body)) } };
+                    return AttestationFuture {
+                        state: AttestState::Calling {
+                            fut: self.inner.call(Request::from_parts(parts, body)),
+                        },
+                    };
                 }
-                return AttestationFuture { state: AttestState::Rejected { response: Some(reject(&e)) } };
+                return AttestationFuture {
+                    state: AttestState::Rejected {
+                        response: Some(reject(&e)),
+                    },
+                };
             }
         };
         let replay = match (&self.config.replay, device.jti()) {
             (Some(cache), Some(jti)) => {
-                let ttl = Duration::from_secs(device.expires_at().saturating_sub(self.config.clock.now_unix()).max(1));
+                let ttl = Duration::from_secs(
+                    device
+                        .expires_at()
+                        .saturating_sub(self.config.clock.now_unix())
+                        .max(1),
+                );
                 Some(cache.insert_once(format!("attest:{}:{jti}", device.app_id()), ttl))
             }
             _ => None,
@@ -245,8 +283,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         match replay {
-            None => AttestationFuture { state: AttestState::Calling { fut: inner.call(req) } },
-            Some(fut) => AttestationFuture { state: AttestState::Replaying { fut, pending: Some((req, inner, mode)) } },
+            None => AttestationFuture {
+                state: AttestState::Calling {
+                    fut: inner.call(req),
+                },
+            },
+            Some(fut) => AttestationFuture {
+                state: AttestState::Replaying {
+                    fut,
+                    pending: Some((req, inner, mode)),
+                },
+            },
         }
     }
 }
@@ -315,7 +362,9 @@ where
                                 let fut = inner.call(req);
                                 this.state.set(AttestState::Calling { fut });
                             } else {
-                                this.state.set(AttestState::Rejected { response: Some(reject(&e)) });
+                                this.state.set(AttestState::Rejected {
+                                    response: Some(reject(&e)),
+                                });
                             }
                         }
                     }

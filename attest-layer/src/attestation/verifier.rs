@@ -22,7 +22,9 @@ pub enum AttestationError {
     #[error("attestation token is malformed: {0}")]
     Malformed(String),
     /// The header names an algorithm that is not accepted (symmetric, `none`, unknown).
-    #[error("attestation token algorithm {0} is not accepted; expected an asymmetric JWS algorithm")]
+    #[error(
+        "attestation token algorithm {0} is not accepted; expected an asymmetric JWS algorithm"
+    )]
     UnsupportedAlg(String),
     /// No JWKS key has the token's `kid`.
     #[error("attestation token key id {0:?} is not in the JWKS")]
@@ -97,8 +99,18 @@ pub struct AttestedDevice {
 
 impl AttestedDevice {
     /// Builds the proof; for [`AttestationVerifier`] implementations outside this crate.
-    pub fn new(app_id: impl Into<String>, issuer: impl Into<String>, expires_at: u64, jti: Option<String>) -> Self {
-        Self { app_id: app_id.into(), issuer: issuer.into(), expires_at, jti }
+    pub fn new(
+        app_id: impl Into<String>,
+        issuer: impl Into<String>,
+        expires_at: u64,
+        jti: Option<String>,
+    ) -> Self {
+        Self {
+            app_id: app_id.into(),
+            issuer: issuer.into(),
+            expires_at,
+            jti,
+        }
     }
 
     /// The attested app id (`sub`).
@@ -186,7 +198,14 @@ impl fmt::Debug for JwtAttestationVerifier {
     }
 }
 
-const ACCEPTED: [JwtAlg; 6] = [JwtAlg::RS256, JwtAlg::RS384, JwtAlg::PS256, JwtAlg::ES256, JwtAlg::ES384, JwtAlg::EdDSA];
+const ACCEPTED: [JwtAlg; 6] = [
+    JwtAlg::RS256,
+    JwtAlg::RS384,
+    JwtAlg::PS256,
+    JwtAlg::ES256,
+    JwtAlg::ES384,
+    JwtAlg::EdDSA,
+];
 
 impl JwtAttestationVerifier {
     /// A verifier for Firebase App Check tokens of `project_number`, with the JWKS document
@@ -207,8 +226,16 @@ impl JwtAttestationVerifier {
     /// # Errors
     /// When `jwks` is not a JWKS document.
     pub fn new(issuer: &str, audience: &str, jwks: &str) -> Result<Self, KeyError> {
-        let jwks: JwkSet = serde_json::from_str(jwks).map_err(|e| KeyError::Jwk(format!("attestation jwks: {e}")))?;
-        Ok(Self { jwks, issuer: issuer.into(), audience: audience.into(), apps: None, clock: Arc::new(SystemClock), skew: 5 })
+        let jwks: JwkSet = serde_json::from_str(jwks)
+            .map_err(|e| KeyError::Jwk(format!("attestation jwks: {e}")))?;
+        Ok(Self {
+            jwks,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            apps: None,
+            clock: Arc::new(SystemClock),
+            skew: 5,
+        })
     }
 
     /// Accepts only these app ids (`sub`), such as `1:1234:android:abcd`.
@@ -234,7 +261,8 @@ impl JwtAttestationVerifier {
     /// # Errors
     /// When `jwks` is not a JWKS document; the old set is kept.
     pub fn update_jwks(&mut self, jwks: &str) -> Result<(), KeyError> {
-        self.jwks = serde_json::from_str(jwks).map_err(|e| KeyError::Jwk(format!("attestation jwks: {e}")))?;
+        self.jwks = serde_json::from_str(jwks)
+            .map_err(|e| KeyError::Jwk(format!("attestation jwks: {e}")))?;
         Ok(())
     }
 }
@@ -243,32 +271,53 @@ impl AttestationVerifier for JwtAttestationVerifier {
     fn verify(&self, token: &str) -> Result<AttestedDevice, AttestationError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             // An unknown `alg` (HS*, none) fails header parsing or the accepted list below.
-            let head = token.split('.').next().and_then(|h| URL_SAFE_NO_PAD.decode(h).ok());
-            let alg = head.and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok()).and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+            let head = token
+                .split('.')
+                .next()
+                .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok());
+            let alg = head
+                .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+                .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
             match alg {
                 Some(a) => AttestationError::UnsupportedAlg(a),
                 None => AttestationError::Malformed(e.to_string()),
             }
         })?;
         if !ACCEPTED.contains(&header.alg) {
-            return Err(AttestationError::UnsupportedAlg(format!("{:?}", header.alg)));
+            return Err(AttestationError::UnsupportedAlg(format!(
+                "{:?}",
+                header.alg
+            )));
         }
-        let kid = header.kid.clone().ok_or_else(|| AttestationError::Malformed("no kid in header".into()))?;
-        let jwk = self.jwks.find(&kid).ok_or_else(|| AttestationError::UnknownKey(kid.clone()))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| AttestationError::Malformed(format!("jwks key {kid}: {e}")))?;
+        let kid = header
+            .kid
+            .clone()
+            .ok_or_else(|| AttestationError::Malformed("no kid in header".into()))?;
+        let jwk = self
+            .jwks
+            .find(&kid)
+            .ok_or_else(|| AttestationError::UnknownKey(kid.clone()))?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| AttestationError::Malformed(format!("jwks key {kid}: {e}")))?;
         let mut validation = Validation::new(header.alg);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_aud = false;
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => AttestationError::InvalidSignature,
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AttestationError::UnsupportedAlg(format!("{:?}", header.alg)),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    AttestationError::InvalidSignature
+                }
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                    AttestationError::UnsupportedAlg(format!("{:?}", header.alg))
+                }
                 _ => AttestationError::Malformed(e.to_string()),
             })?
             .claims;
         let now = self.clock.now_unix();
-        let exp = claims.exp.ok_or_else(|| AttestationError::Malformed("no exp".into()))?;
+        let exp = claims
+            .exp
+            .ok_or_else(|| AttestationError::Malformed("no exp".into()))?;
         if exp <= now {
             return Err(AttestationError::Expired { exp, now });
         }
@@ -277,17 +326,29 @@ impl AttestationVerifier for JwtAttestationVerifier {
         }
         let iss = claims.iss.unwrap_or_default();
         if iss != self.issuer {
-            return Err(AttestationError::WrongIssuer { expected: self.issuer.clone(), got: iss });
+            return Err(AttestationError::WrongIssuer {
+                expected: self.issuer.clone(),
+                got: iss,
+            });
         }
         if !claims.aud.is_some_and(|a| a.contains(&self.audience)) {
-            return Err(AttestationError::WrongAudience { expected: self.audience.clone() });
+            return Err(AttestationError::WrongAudience {
+                expected: self.audience.clone(),
+            });
         }
-        let sub = claims.sub.ok_or_else(|| AttestationError::Malformed("no sub".into()))?;
-        if let Some(apps) = &self.apps {
-            if !apps.contains(&sub) {
-                return Err(AttestationError::AppNotAllowed(sub));
-            }
+        let sub = claims
+            .sub
+            .ok_or_else(|| AttestationError::Malformed("no sub".into()))?;
+        if let Some(apps) = &self.apps
+            && !apps.contains(&sub)
+        {
+            return Err(AttestationError::AppNotAllowed(sub));
         }
-        Ok(AttestedDevice { app_id: sub, issuer: iss, expires_at: exp, jti: claims.jti })
+        Ok(AttestedDevice {
+            app_id: sub,
+            issuer: iss,
+            expires_at: exp,
+            jti: claims.jti,
+        })
     }
 }

@@ -46,14 +46,32 @@ impl DpopLayer {
         let alg = match key.algorithm() {
             Algorithm::Ed25519 => "EdDSA",
             Algorithm::EcdsaP256Sha256 => "ES256",
-            other => return Err(KeyError::Rejected { alg: other.as_str(), reason: "dpop proofs need an asymmetric key".into() }),
+            other => {
+                return Err(KeyError::Rejected {
+                    alg: other.as_str(),
+                    reason: "dpop proofs need an asymmetric key".into(),
+                });
+            }
         };
-        let mut jwk = key.verifying_key().public_jwk(None).ok_or_else(|| KeyError::Jwk("no public jwk".into()))?;
+        let mut jwk = key
+            .verifying_key()
+            .public_jwk(None)
+            .ok_or_else(|| KeyError::Jwk("no public jwk".into()))?;
         if let Some(o) = jwk.as_object_mut() {
             o.remove("kid");
         }
-        let jkt = jwk_thumbprint(&jwk).ok_or_else(|| KeyError::Jwk("cannot compute thumbprint".into()))?;
-        Ok(Self { config: Arc::new(DpopClientConfig { key, jwk, jkt, alg, nonce: Mutex::new(None), clock: Arc::new(SystemClock) }) })
+        let jkt = jwk_thumbprint(&jwk)
+            .ok_or_else(|| KeyError::Jwk("cannot compute thumbprint".into()))?;
+        Ok(Self {
+            config: Arc::new(DpopClientConfig {
+                key,
+                jwk,
+                jkt,
+                alg,
+                nonce: Mutex::new(None),
+                clock: Arc::new(SystemClock),
+            }),
+        })
     }
 
     /// Uses `clock` for `iat`.
@@ -62,7 +80,14 @@ impl DpopLayer {
         let c = &self.config;
         let nonce = c.nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Self {
-            config: Arc::new(DpopClientConfig { key: c.key.clone(), jwk: c.jwk.clone(), jkt: c.jkt.clone(), alg: c.alg, nonce: Mutex::new(nonce), clock: Arc::new(clock) }),
+            config: Arc::new(DpopClientConfig {
+                key: c.key.clone(),
+                jwk: c.jwk.clone(),
+                jkt: c.jkt.clone(),
+                alg: c.alg,
+                nonce: Mutex::new(nonce),
+                clock: Arc::new(clock),
+            }),
         }
     }
 
@@ -73,14 +98,29 @@ impl DpopLayer {
 
     /// The server nonce currently sent in proofs, if any.
     pub fn nonce(&self) -> Option<String> {
-        self.config.nonce.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .nonce
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 impl DpopClientConfig {
-    fn proof(&self, method: &http::Method, uri: &http::Uri, headers: &http::HeaderMap) -> Result<String, BoxError> {
-        let htu = htu(uri, headers.get(http::header::HOST).and_then(|h| h.to_str().ok()), "https")
-            .ok_or("dpop: the request has no authority to put into htu")?;
+    fn proof(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Result<String, BoxError> {
+        let htu = htu(
+            uri,
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok()),
+            "https",
+        )
+        .ok_or("dpop: the request has no authority to put into htu")?;
         let mut jti = [0u8; 16];
         aws_lc_rs::rand::fill(&mut jti).map_err(|_| "dpop: random generator failed")?;
         let mut claims = serde_json::json!({
@@ -89,21 +129,33 @@ impl DpopClientConfig {
             "htu": htu,
             "iat": self.clock.now_unix(),
         });
-        if let Some(token) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("DPoP ")) {
+        if let Some(token) = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("DPoP "))
+        {
             claims["ath"] = access_token_hash(token.trim()).into();
         }
         if let Some(n) = self.nonce.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             claims["nonce"] = n.into();
         }
         let header = serde_json::json!({"typ": "dpop+jwt", "alg": self.alg, "jwk": self.jwk});
-        let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
         let sig = self.key.sign(signing_input.as_bytes())?;
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 
     /// Remembers `DPoP-Nonce`; true when the response asks to retry with it.
     fn learn_nonce<B>(&self, res: &Response<B>) -> bool {
-        let Some(nonce) = res.headers().get("dpop-nonce").and_then(|v| v.to_str().ok()) else {
+        let Some(nonce) = res
+            .headers()
+            .get("dpop-nonce")
+            .and_then(|v| v.to_str().ok())
+        else {
             return false;
         };
         let changed = {
@@ -112,8 +164,14 @@ impl DpopClientConfig {
             *n = Some(nonce.to_owned());
             changed
         };
-        let asks = matches!(res.status(), StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST)
-            && res.headers().get_all(WWW_AUTHENTICATE).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("use_dpop_nonce")));
+        let asks = matches!(
+            res.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+        ) && res
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.contains("use_dpop_nonce")));
         asks && changed
     }
 }
@@ -122,7 +180,10 @@ impl<S> Layer<S> for DpopLayer {
     type Service = DpopService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DpopService { inner, config: self.config.clone() }
+        DpopService {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -152,7 +213,8 @@ impl<S> DpopService<S> {
 
 fn with_proof<B>(config: &DpopClientConfig, mut req: Request<B>) -> Result<Request<B>, BoxError> {
     let proof = config.proof(req.method(), req.uri(), req.headers())?;
-    req.headers_mut().insert("dpop", HeaderValue::try_from(proof)?);
+    req.headers_mut()
+        .insert("dpop", HeaderValue::try_from(proof)?);
     Ok(req)
 }
 
@@ -186,9 +248,15 @@ where
         let retry = (copy(&req), self.inner.clone());
         match with_proof(&self.config, req) {
             Ok(req) => DpopResponseFuture {
-                state: DpopState::First { fut: inner.call(req), retry: Some(retry), config: self.config.clone() },
+                state: DpopState::First {
+                    fut: inner.call(req),
+                    retry: Some(retry),
+                    config: self.config.clone(),
+                },
             },
-            Err(e) => DpopResponseFuture { state: DpopState::Failed { error: Some(e) } },
+            Err(e) => DpopResponseFuture {
+                state: DpopState::Failed { error: Some(e) },
+            },
         }
     }
 }
@@ -243,7 +311,11 @@ where
                         return Poll::Ready(Ok(res));
                     };
                     let config = config.clone();
-                    this.state.set(DpopState::Retrying { req: Some(req), svc, config });
+                    this.state.set(DpopState::Retrying {
+                        req: Some(req),
+                        svc,
+                        config,
+                    });
                 }
                 DpopStateProj::Retrying { req, svc, config } => {
                     ready!(svc.poll_ready(cx)).map_err(Into::into)?;
@@ -260,7 +332,9 @@ where
                     return Poll::Ready(Ok(res));
                 }
                 DpopStateProj::Failed { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or_else(|| "dpop future polled after completion".into())));
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| "dpop future polled after completion".into())));
                 }
             }
         }

@@ -12,7 +12,8 @@ mod server;
 
 pub use self::client::{DpopLayer, DpopResponseFuture, DpopService};
 pub use self::server::{
-    DpopReason, ExpectedJkt, VerifiedDpop, VerifyDpop, VerifyDpopFuture, VerifyDpopLayer, VerifyDpopLayerBuilder,
+    DpopReason, ExpectedJkt, VerifiedDpop, VerifyDpop, VerifyDpopFuture, VerifyDpopLayer,
+    VerifyDpopLayerBuilder,
 };
 
 use aws_lc_rs::digest;
@@ -41,7 +42,10 @@ pub fn jwk_thumbprint(jwk: &serde_json::Value) -> Option<String> {
 
 /// `htu`: the request URI without query and fragment, scheme and host lowercase.
 pub(crate) fn htu(uri: &Uri, host: Option<&str>, default_scheme: &str) -> Option<String> {
-    let scheme = uri.scheme_str().unwrap_or(default_scheme).to_ascii_lowercase();
+    let scheme = uri
+        .scheme_str()
+        .unwrap_or(default_scheme)
+        .to_ascii_lowercase();
     let authority = match uri.authority() {
         Some(a) => a.as_str().to_ascii_lowercase(),
         None => host?.trim().to_ascii_lowercase(),
@@ -51,7 +55,11 @@ pub(crate) fn htu(uri: &Uri, host: Option<&str>, default_scheme: &str) -> Option
         ("http", a) if a.ends_with(":80") => a[..a.len() - 3].to_owned(),
         _ => authority,
     };
-    let path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let path = if uri.path().is_empty() {
+        "/"
+    } else {
+        uri.path()
+    };
     Some(format!("{scheme}://{authority}{path}"))
 }
 

@@ -165,7 +165,10 @@ struct DpopServerConfig {
 
 impl fmt::Debug for DpopServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DpopServerConfig").field("max_age", &self.max_age).field("skew", &self.skew).finish_non_exhaustive()
+        f.debug_struct("DpopServerConfig")
+            .field("max_age", &self.max_age)
+            .field("skew", &self.skew)
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,7 +190,9 @@ pub struct VerifyDpopLayerBuilder {
 
 impl fmt::Debug for VerifyDpopLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifyDpopLayerBuilder").field("max_age", &self.max_age).finish_non_exhaustive()
+        f.debug_struct("VerifyDpopLayerBuilder")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
     }
 }
 
@@ -253,7 +258,9 @@ impl VerifyDpopLayerBuilder {
     pub fn build(self) -> VerifyDpopLayer {
         VerifyDpopLayer {
             config: Arc::new(DpopServerConfig {
-                replay: self.replay.unwrap_or_else(|| Arc::new(MemoryReplayCache::default())),
+                replay: self
+                    .replay
+                    .unwrap_or_else(|| Arc::new(MemoryReplayCache::default())),
                 clock: self.clock,
                 max_age: self.max_age,
                 skew: self.skew,
@@ -268,7 +275,10 @@ impl<S> Layer<S> for VerifyDpopLayer {
     type Service = VerifyDpop<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        VerifyDpop { inner, config: self.config.clone() }
+        VerifyDpop {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -305,13 +315,19 @@ struct ProofClaims {
     ath: Option<String>,
 }
 
-fn check(config: &DpopServerConfig, parts: &Parts) -> Result<(VerifiedDpop, String, Duration), DpopReason> {
+fn check(
+    config: &DpopServerConfig,
+    parts: &Parts,
+) -> Result<(VerifiedDpop, String, Duration), DpopReason> {
     let mut proofs = parts.headers.get_all("dpop").iter();
     let proof = proofs.next().ok_or(DpopReason::MissingProof)?;
     if proofs.next().is_some() {
         return Err(DpopReason::MultipleProofs);
     }
-    let token = proof.to_str().map_err(|_| DpopReason::MalformedProof)?.trim();
+    let token = proof
+        .to_str()
+        .map_err(|_| DpopReason::MalformedProof)?
+        .trim();
     let raw_header = token.split('.').next().ok_or(DpopReason::MalformedProof)?;
     let header_json: serde_json::Value = URL_SAFE_NO_PAD
         .decode(raw_header)
@@ -326,7 +342,10 @@ fn check(config: &DpopServerConfig, parts: &Parts) -> Result<(VerifiedDpop, Stri
         return Err(DpopReason::UnsupportedAlg);
     }
     let jwk_json = header_json.get("jwk").ok_or(DpopReason::BadJwk)?;
-    if ["d", "p", "q", "dp", "dq", "qi", "k"].iter().any(|m| jwk_json.get(m).is_some()) {
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk_json.get(m).is_some())
+    {
         return Err(DpopReason::BadJwk);
     }
     let jwk = header.jwk.as_ref().ok_or(DpopReason::BadJwk)?;
@@ -347,18 +366,34 @@ fn check(config: &DpopServerConfig, parts: &Parts) -> Result<(VerifiedDpop, Stri
     if claims.htm.as_deref() != Some(parts.method.as_str()) {
         return Err(DpopReason::HtmMismatch);
     }
-    let expected_htu = htu(&parts.uri, parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()), &config.default_scheme)
+    let expected_htu = htu(
+        &parts.uri,
+        parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok()),
+        &config.default_scheme,
+    )
+    .ok_or(DpopReason::HtuMismatch)?;
+    let got_htu = claims
+        .htu
+        .as_deref()
+        .and_then(normalize_htu)
         .ok_or(DpopReason::HtuMismatch)?;
-    let got_htu = claims.htu.as_deref().and_then(normalize_htu).ok_or(DpopReason::HtuMismatch)?;
     if got_htu != expected_htu {
         return Err(DpopReason::HtuMismatch);
     }
     let now = config.clock.now_unix();
     let iat = claims.iat.ok_or(DpopReason::StaleIat)?;
-    if iat > now.saturating_add(config.skew.as_secs()) || now.saturating_sub(iat) > config.max_age.as_secs() {
+    if iat > now.saturating_add(config.skew.as_secs())
+        || now.saturating_sub(iat) > config.max_age.as_secs()
+    {
         return Err(DpopReason::StaleIat);
     }
-    let jti = claims.jti.filter(|j| !j.is_empty() && j.len() <= 256).ok_or(DpopReason::MissingJti)?;
+    let jti = claims
+        .jti
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or(DpopReason::MissingJti)?;
 
     let token_sent = parts
         .headers
@@ -368,18 +403,30 @@ fn check(config: &DpopServerConfig, parts: &Parts) -> Result<(VerifiedDpop, Stri
         .map(str::trim);
     if let Some(access_token) = token_sent {
         let want = access_token_hash(access_token);
-        let ok = claims.ath.as_deref().is_some_and(|got| aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes()).is_ok());
+        let ok = claims.ath.as_deref().is_some_and(|got| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes())
+                .is_ok()
+        });
         if !ok {
             return Err(DpopReason::AthMismatch);
         }
     }
-    if let Some(bound) = config.expected_jkt.expected_jkt(parts) {
-        if bound != jkt {
-            return Err(DpopReason::JktMismatch);
-        }
+    if let Some(bound) = config.expected_jkt.expected_jkt(parts)
+        && bound != jkt
+    {
+        return Err(DpopReason::JktMismatch);
     }
     let key = format!("dpop:{jkt}:{jti}");
-    Ok((VerifiedDpop { jkt, jti, iat, htu: expected_htu }, key, config.max_age + config.skew))
+    Ok((
+        VerifiedDpop {
+            jkt,
+            jti,
+            iat,
+            htu: expected_htu,
+        },
+        key,
+        config.max_age + config.skew,
+    ))
 }
 
 fn reject<ResBody: Default>(parts: &Parts, reason: DpopReason) -> Response<ResBody> {
@@ -398,12 +445,19 @@ fn reject<ResBody: Default>(parts: &Parts, reason: DpopReason) -> Response<ResBo
     );
     let mut res = Response::new(ResBody::default());
     let unavailable = reason == DpopReason::ReplayCacheUnavailable;
-    *res.status_mut() = if unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
-    res.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    *res.status_mut() = if unavailable {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    res.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     if !unavailable {
         res.headers_mut().insert(
             WWW_AUTHENTICATE,
-            HeaderValue::from_static("DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 EdDSA RS256 PS256\""),
+            HeaderValue::from_static(
+                "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 EdDSA RS256 PS256\"",
+            ),
         );
     }
     res
@@ -426,13 +480,22 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         match check(&self.config, &parts) {
-            Err(reason) => VerifyDpopFuture { state: DpopServerState::Rejected { response: Some(reject(&parts, reason)) } },
+            Err(reason) => VerifyDpopFuture {
+                state: DpopServerState::Rejected {
+                    response: Some(reject(&parts, reason)),
+                },
+            },
             Ok((proof, key, ttl)) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let fut = self.config.replay.insert_once(key, ttl);
                 parts.extensions.insert(proof);
-                VerifyDpopFuture { state: DpopServerState::Replaying { fut, pending: Some((Request::from_parts(parts, body), inner)) } }
+                VerifyDpopFuture {
+                    state: DpopServerState::Replaying {
+                        fut,
+                        pending: Some((Request::from_parts(parts, body), inner)),
+                    },
+                }
             }
         }
     }
@@ -491,7 +554,9 @@ where
                     match reason {
                         Some(r) => {
                             let (parts, _) = req.into_parts();
-                            this.state.set(DpopServerState::Rejected { response: Some(reject(&parts, r)) });
+                            this.state.set(DpopServerState::Rejected {
+                                response: Some(reject(&parts, r)),
+                            });
                         }
                         None => {
                             let fut = inner.call(req);

@@ -57,8 +57,20 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<Full<Bytes>>>,
 {
-    pub(crate) fn collecting(collect: Collect<B>, parts: Parts, inner: S, config: Arc<SignConfig>) -> Self {
-        Self { state: State::Collecting { collect, parts: Some(parts), inner: Some(inner), config } }
+    pub(crate) fn collecting(
+        collect: Collect<B>,
+        parts: Parts,
+        inner: S,
+        config: Arc<SignConfig>,
+    ) -> Self {
+        Self {
+            state: State::Collecting {
+                collect,
+                parts: Some(parts),
+                inner: Some(inner),
+                config,
+            },
+        }
     }
 }
 
@@ -75,7 +87,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Collecting { collect, parts, inner, config } => {
+                StateProj::Collecting {
+                    collect,
+                    parts,
+                    inner,
+                    config,
+                } => {
                     let (body, digests) = match ready!(collect.poll_collect(cx)) {
                         Ok(c) => c,
                         Err(CollectError::TooLarge) => {
@@ -90,9 +107,14 @@ where
                                 },
                                 "request body over the signing cap; request not sent"
                             );
-                            return Poll::Ready(Err(SignError::BodyTooLarge { limit: config.max_body }.into()));
+                            return Poll::Ready(Err(SignError::BodyTooLarge {
+                                limit: config.max_body,
+                            }
+                            .into()));
                         }
-                        Err(CollectError::Body(e)) => return Poll::Ready(Err(SignError::Body(e).into())),
+                        Err(CollectError::Body(e)) => {
+                            return Poll::Ready(Err(SignError::Body(e).into()));
+                        }
                     };
                     let (Some(mut p), Some(mut svc)) = (parts.take(), inner.take()) else {
                         return Poll::Ready(Err("sign future polled after completion".into()));

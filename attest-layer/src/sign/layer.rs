@@ -147,6 +147,9 @@ impl<S> Layer<S> for SignLayer {
     type Service = Sign<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Sign { inner, config: self.config.clone() }
+        Sign {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }

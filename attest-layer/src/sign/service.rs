@@ -30,7 +30,10 @@ pub struct Sign<S> {
 impl<S> Sign<S> {
     /// Wraps `inner`, signing with `key` and the default settings.
     pub fn new(inner: S, key: SigningKey) -> Self {
-        Self { inner, config: SignLayer::new(key).config }
+        Self {
+            inner,
+            config: SignLayer::new(key).config,
+        }
     }
 
     /// A [`SignLayer`] signing with `key`.
@@ -75,7 +78,12 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let hasher = DigestHasher::new(&[self.config.digest]);
-        ResponseFuture::collecting(Collect::new(body, self.config.max_body, Some(hasher)), parts, inner, self.config.clone())
+        ResponseFuture::collecting(
+            Collect::new(body, self.config.max_body, Some(hasher)),
+            parts,
+            inner,
+            self.config.clone(),
+        )
     }
 }
 
@@ -115,10 +123,16 @@ pub(crate) fn sign_parts(
     if body_len > 0 || covers_digest {
         let mut hasher_value = sfv::DictSerializer::new();
         for (alg, d) in &digests {
-            let _ = hasher_value.bare_item(sfv::KeyRef::constant(alg.as_str()), sfv::RefBareItem::ByteSequence(d));
+            let _ = hasher_value.bare_item(
+                sfv::KeyRef::constant(alg.as_str()),
+                sfv::RefBareItem::ByteSequence(d),
+            );
         }
-        let value = hasher_value.finish().ok_or(SignError::HeaderValue("content-digest"))?;
-        let value = HeaderValue::from_str(&value).map_err(|_| SignError::HeaderValue("content-digest"))?;
+        let value = hasher_value
+            .finish()
+            .ok_or(SignError::HeaderValue("content-digest"))?;
+        let value =
+            HeaderValue::from_str(&value).map_err(|_| SignError::HeaderValue("content-digest"))?;
         parts.headers.insert("content-digest", value);
     }
 
@@ -137,13 +151,24 @@ pub(crate) fn sign_parts(
     if let Some(tag) = &config.tag {
         params = params.with_tag(tag)?;
     }
-    let base = params.signature_base(&RequestParts::new(&parts.method, &parts.uri, &parts.headers, &config.default_scheme))?;
+    let base = params.signature_base(&RequestParts::new(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &config.default_scheme,
+    ))?;
     let signature = config.key.sign(base.as_bytes())?;
     let input = serialize_signature_input(&config.label, &params)?;
     let sig = serialize_signature(&config.label, &signature)?;
-    let to_value = |s: String, name: &'static str| HeaderValue::try_from(s).map_err(|_| SignError::HeaderValue(name));
-    parts.headers.insert("signature-input", to_value(input, "signature-input")?);
-    parts.headers.insert("signature", to_value(sig, "signature")?);
+    let to_value = |s: String, name: &'static str| {
+        HeaderValue::try_from(s).map_err(|_| SignError::HeaderValue(name))
+    };
+    parts
+        .headers
+        .insert("signature-input", to_value(input, "signature-input")?);
+    parts
+        .headers
+        .insert("signature", to_value(sig, "signature")?);
     tracing::trace!(target: "portcullis::attest", keyid = config.key.keyid(), "signed request");
     Ok(())
 }

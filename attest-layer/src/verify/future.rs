@@ -65,11 +65,26 @@ where
     S: Service<Request<Full<Bytes>>>,
 {
     pub(crate) fn rejected(response: S::Response) -> Self {
-        Self { state: State::Rejected { response: Some(response) } }
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
     }
 
-    pub(crate) fn reading(collect: Collect<B>, parts: Parts, checked: Checked, inner: S, config: Arc<VerifyConfig>) -> Self {
-        Self { state: State::Reading { collect, pending: Some((parts, checked, inner, config)) } }
+    pub(crate) fn reading(
+        collect: Collect<B>,
+        parts: Parts,
+        checked: Checked,
+        inner: S,
+        config: Arc<VerifyConfig>,
+    ) -> Self {
+        Self {
+            state: State::Reading {
+                collect,
+                pending: Some((parts, checked, inner, config)),
+            },
+        }
     }
 }
 
@@ -96,22 +111,33 @@ where
                         Err(CollectError::TooLarge) => Err(Reason::BodyTooLarge),
                         Err(CollectError::Body(_)) => Err(Reason::BodyError),
                         Ok((body, digests)) => match &checked.digest {
-                            Some(expected) if !expected.matches(&digests) => Err(Reason::DigestMismatch),
-                            None if !body.is_empty() && config.require_digest_for_body => Err(Reason::MissingContentDigest),
+                            Some(expected) if !expected.matches(&digests) => {
+                                Err(Reason::DigestMismatch)
+                            }
+                            None if !body.is_empty() && config.require_digest_for_body => {
+                                Err(Reason::MissingContentDigest)
+                            }
                             _ => Ok(body),
                         },
                     };
                     match outcome {
                         Err(reason) => {
                             let response = reject(&config, &parts, reason, Some(&keyid));
-                            this.state.set(State::Rejected { response: Some(response) });
+                            this.state.set(State::Rejected {
+                                response: Some(response),
+                            });
                         }
                         Ok(body) => {
-                            let fut = config.replay.insert_once(checked.replay_key.clone(), checked.replay_ttl);
+                            let fut = config
+                                .replay
+                                .insert_once(checked.replay_key.clone(), checked.replay_ttl);
                             let mut parts = parts;
                             parts.extensions.insert(checked.proof);
                             let req = Request::from_parts(parts, Full::new(body));
-                            this.state.set(State::Replaying { fut, pending: Some((req, inner, config)) });
+                            this.state.set(State::Replaying {
+                                fut,
+                                pending: Some((req, inner, config)),
+                            });
                         }
                     }
                 }
@@ -121,7 +147,10 @@ where
                         return Poll::Pending;
                     };
                     let (parts, body) = req.into_parts();
-                    let keyid = parts.extensions.get::<super::VerifiedSignature>().map(|p| p.keyid.clone());
+                    let keyid = parts
+                        .extensions
+                        .get::<super::VerifiedSignature>()
+                        .map(|p| p.keyid.clone());
                     let reason = match result {
                         Ok(true) => None,
                         Ok(false) => Some(Reason::Replayed),
@@ -133,10 +162,13 @@ where
                     match reason {
                         Some(reason) => {
                             let response = reject(&config, &parts, reason, keyid.as_deref());
-                            this.state.set(State::Rejected { response: Some(response) });
+                            this.state.set(State::Rejected {
+                                response: Some(response),
+                            });
                         }
                         None => {
-                            if let Some(proof) = parts.extensions.get::<super::VerifiedSignature>() {
+                            if let Some(proof) = parts.extensions.get::<super::VerifiedSignature>()
+                            {
                                 accepted(&parts, proof);
                             }
                             let fut = inner.call(Request::from_parts(parts, body));

@@ -64,7 +64,10 @@ impl VerifySignatureLayer {
             resolver: Arc::new(resolver),
             replay: None,
             clock: Arc::new(SystemClock),
-            required: ["@method", "@authority", "@path", "@query"].into_iter().map(String::from).collect(),
+            required: ["@method", "@authority", "@path", "@query"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
             require_digest_for_body: true,
             algorithms: Algorithm::ALL.to_vec(),
             max_age: Duration::from_secs(300),
@@ -82,7 +85,10 @@ impl<S> Layer<S> for VerifySignatureLayer {
     type Service = VerifySignature<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        VerifySignature { inner, config: self.config.clone() }
+        VerifySignature {
+            inner,
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -105,7 +111,9 @@ pub struct VerifySignatureLayerBuilder {
 
 impl fmt::Debug for VerifySignatureLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerifySignatureLayerBuilder").field("required", &self.required).finish_non_exhaustive()
+        f.debug_struct("VerifySignatureLayerBuilder")
+            .field("required", &self.required)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,20 +220,33 @@ impl VerifySignatureLayerBuilder {
             .map(|n| Component::new(n).map_err(|e| BuildError::Invalid(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         if self.algorithms.is_empty() {
-            return Err(BuildError::Invalid("no algorithm accepted; list at least one".into()));
+            return Err(BuildError::Invalid(
+                "no algorithm accepted; list at least one".into(),
+            ));
         }
         if self.max_age.is_zero() {
-            return Err(BuildError::Invalid("max_age is zero; every signature would be too old".into()));
+            return Err(BuildError::Invalid(
+                "max_age is zero; every signature would be too old".into(),
+            ));
         }
         let label = self.label.clone().unwrap_or_else(|| "sig1".into());
         if sfv::Key::from_string(label.clone()).is_err() {
-            return Err(BuildError::Invalid(format!("label {label:?} is not a structured-field key")));
+            return Err(BuildError::Invalid(format!(
+                "label {label:?} is not a structured-field key"
+            )));
         }
-        let accept_signature = crate::params::serialize_accept_signature(&label, &required, self.require_nonce, self.tag.as_deref());
+        let accept_signature = crate::params::serialize_accept_signature(
+            &label,
+            &required,
+            self.require_nonce,
+            self.tag.as_deref(),
+        );
         Ok(VerifySignatureLayer {
             config: Arc::new(VerifyConfig {
                 resolver: self.resolver,
-                replay: self.replay.unwrap_or_else(|| Arc::new(MemoryReplayCache::default())),
+                replay: self
+                    .replay
+                    .unwrap_or_else(|| Arc::new(MemoryReplayCache::default())),
                 clock: self.clock,
                 required,
                 require_digest_for_body: self.require_digest_for_body,

@@ -32,7 +32,10 @@ pub struct VerifySignature<S> {
 impl<S> VerifySignature<S> {
     /// Wraps `inner` with the configuration of `layer`.
     pub fn new(inner: S, layer: &VerifySignatureLayer) -> Self {
-        Self { inner, config: layer.config.clone() }
+        Self {
+            inner,
+            config: layer.config.clone(),
+        }
     }
 
     /// The inner service.
@@ -61,12 +64,17 @@ pub(crate) struct Checked {
 }
 
 fn values<'h>(headers: &'h HeaderMap, name: &str) -> Result<Vec<&'h str>, ()> {
-    headers.get_all(name).iter().map(|v| v.to_str().map_err(|_| ())).collect()
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| ()))
+        .collect()
 }
 
 /// Checks the signature fields, key, policy and signature (everything but the body and replay).
 pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Reason> {
-    let inputs = values(&parts.headers, "signature-input").map_err(|_| Reason::MalformedSignatureInput)?;
+    let inputs =
+        values(&parts.headers, "signature-input").map_err(|_| Reason::MalformedSignatureInput)?;
     let sigs = values(&parts.headers, "signature").map_err(|_| Reason::MalformedSignature)?;
     if inputs.is_empty() || sigs.is_empty() {
         return Err(Reason::MissingSignature);
@@ -74,62 +82,98 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
     let inputs = parse_signature_input(&inputs).map_err(|_| Reason::MalformedSignatureInput)?;
     let sigs = parse_signature(&sigs).map_err(|_| Reason::MalformedSignature)?;
     let (label, params) = match &config.label {
-        Some(l) => inputs.into_iter().find(|(k, _)| k == l).ok_or(Reason::MissingSignature)?,
+        Some(l) => inputs
+            .into_iter()
+            .find(|(k, _)| k == l)
+            .ok_or(Reason::MissingSignature)?,
         None => inputs.into_iter().next().ok_or(Reason::MissingSignature)?,
     };
-    let signature = sigs.iter().find(|(k, _)| *k == label).map(|(_, s)| s).ok_or(Reason::MalformedSignature)?;
+    let signature = sigs
+        .iter()
+        .find(|(k, _)| *k == label)
+        .map(|(_, s)| s)
+        .ok_or(Reason::MalformedSignature)?;
 
-    let keyid = params.keyid().map_err(|_| Reason::MalformedSignatureInput)?.ok_or(Reason::MissingKeyid)?;
+    let keyid = params
+        .keyid()
+        .map_err(|_| Reason::MalformedSignatureInput)?
+        .ok_or(Reason::MissingKeyid)?;
     let key = config.resolver.resolve(keyid).ok_or(Reason::UnknownKey)?;
-    if let Some(alg) = params.alg().map_err(|_| Reason::MalformedSignatureInput)? {
-        if alg != key.algorithm().as_str() {
-            return Err(Reason::AlgorithmMismatch);
-        }
+    if let Some(alg) = params.alg().map_err(|_| Reason::MalformedSignatureInput)?
+        && alg != key.algorithm().as_str()
+    {
+        return Err(Reason::AlgorithmMismatch);
     }
     if !config.algorithms.contains(&key.algorithm()) {
         return Err(Reason::AlgorithmNotAccepted);
     }
     for req in &config.required {
-        if !params.components().iter().any(|c| c.identifier() == req.identifier()) {
+        if !params
+            .components()
+            .iter()
+            .any(|c| c.identifier() == req.identifier())
+        {
             return Err(Reason::MissingComponent);
         }
     }
 
     let now = config.clock.now_unix();
-    let created = params.created().map_err(|_| Reason::MalformedSignatureInput)?.ok_or(Reason::MissingCreated)?;
+    let created = params
+        .created()
+        .map_err(|_| Reason::MalformedSignatureInput)?
+        .ok_or(Reason::MissingCreated)?;
     if created > now.saturating_add(config.skew.as_secs()) {
         return Err(Reason::CreatedInFuture);
     }
     if now.saturating_sub(created) > config.max_age.as_secs() {
         return Err(Reason::TooOld);
     }
-    let expires = params.expires().map_err(|_| Reason::MalformedSignatureInput)?;
-    if let Some(exp) = expires {
-        if exp <= now {
-            return Err(Reason::Expired);
-        }
+    let expires = params
+        .expires()
+        .map_err(|_| Reason::MalformedSignatureInput)?;
+    if let Some(exp) = expires
+        && exp <= now
+    {
+        return Err(Reason::Expired);
     }
-    let nonce = params.nonce().map_err(|_| Reason::MalformedSignatureInput)?;
+    let nonce = params
+        .nonce()
+        .map_err(|_| Reason::MalformedSignatureInput)?;
     if config.require_nonce && nonce.is_none() {
         return Err(Reason::MissingNonce);
     }
     let tag = params.tag().map_err(|_| Reason::MalformedSignatureInput)?;
-    if let Some(want) = &config.tag {
-        if tag != Some(want.as_str()) {
-            return Err(Reason::WrongTag);
-        }
+    if let Some(want) = &config.tag
+        && tag != Some(want.as_str())
+    {
+        return Err(Reason::WrongTag);
     }
 
-    let view = RequestParts::new(&parts.method, &parts.uri, &parts.headers, &config.default_scheme);
-    let base = params.signature_base(&view).map_err(|_| Reason::MissingComponent)?;
+    let view = RequestParts::new(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        &config.default_scheme,
+    );
+    let base = params
+        .signature_base(&view)
+        .map_err(|_| Reason::MissingComponent)?;
     if !key.verify(base.as_bytes(), signature) {
         return Err(Reason::InvalidSignature);
     }
 
-    let covers_digest = params.components().iter().any(|c| c.name() == "content-digest");
+    let covers_digest = params
+        .components()
+        .iter()
+        .any(|c| c.name() == "content-digest");
     let digest = if covers_digest {
-        let v = values(&parts.headers, "content-digest").map_err(|_| Reason::MalformedContentDigest)?;
-        Some(ExpectedDigest::from_field(&v).map_err(|_| Reason::MalformedContentDigest)?.ok_or(Reason::MalformedContentDigest)?)
+        let v =
+            values(&parts.headers, "content-digest").map_err(|_| Reason::MalformedContentDigest)?;
+        Some(
+            ExpectedDigest::from_field(&v)
+                .map_err(|_| Reason::MalformedContentDigest)?
+                .ok_or(Reason::MalformedContentDigest)?,
+        )
     } else {
         None
     };
@@ -161,7 +205,12 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
 }
 
 /// The refusal response: status, stable reason, `Accept-Signature`, and a security event.
-pub(crate) fn reject<ResBody: Default>(config: &VerifyConfig, parts: &Parts, reason: Reason, keyid: Option<&str>) -> Response<ResBody> {
+pub(crate) fn reject<ResBody: Default>(
+    config: &VerifyConfig,
+    parts: &Parts,
+    reason: Reason,
+    keyid: Option<&str>,
+) -> Response<ResBody> {
     tracing::warn!(
         target: "portcullis::attest",
         {
@@ -179,11 +228,15 @@ pub(crate) fn reject<ResBody: Default>(config: &VerifyConfig, parts: &Parts, rea
     );
     let mut res = Response::new(ResBody::default());
     *res.status_mut() = reason.status();
-    res.headers_mut().insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
-    if reason.status() == http::StatusCode::UNAUTHORIZED {
-        if let Some(v) = config.accept_signature.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
-            res.headers_mut().insert("accept-signature", v);
-        }
+    res.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    if reason.status() == http::StatusCode::UNAUTHORIZED
+        && let Some(v) = config
+            .accept_signature
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        res.headers_mut().insert("accept-signature", v);
     }
     res.extensions_mut().insert(Rejection::new(reason));
     res
