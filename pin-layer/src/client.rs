@@ -85,6 +85,7 @@ impl PinnedTls {
             versions: TlsVersions::default(),
             client_auth: None,
             observers: Observers::default(),
+            record_chain: false,
         }
     }
 
@@ -182,6 +183,7 @@ pub struct PinnedTlsBuilder {
     versions: TlsVersions,
     client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     observers: Observers,
+    record_chain: bool,
 }
 
 impl fmt::Debug for PinnedTlsBuilder {
@@ -260,6 +262,13 @@ impl PinnedTlsBuilder {
         self
     }
 
+    /// Keeps the verified chain (pins, subjects, expiry) in each [`PinCheck`], for diagnostics.
+    /// Off by default: it parses every certificate of the chain on each handshake.
+    pub fn record_verified_chain(mut self) -> Self {
+        self.record_chain = true;
+        self
+    }
+
     /// Calls `f` after each successful check of a pinned host ("onValidCertificate").
     pub fn on_match(mut self, f: impl Fn(&PinCheck) + Send + Sync + 'static) -> Self {
         self.observers.on_match.push(Arc::new(f));
@@ -288,17 +297,17 @@ impl PinnedTlsBuilder {
             return Err(BuildError::NoRoots);
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let shared = Arc::new(
-            Shared::new(
-                self.roots.roots,
-                self.anchor_certs,
-                self.crls,
-                provider.signature_verification_algorithms,
-                self.policy,
-                self.observers,
-            )
-            .map_err(|e| BuildError::InvalidCrl(e.to_string()))?,
-        );
+        let mut shared = Shared::new(
+            self.roots.roots,
+            self.anchor_certs,
+            self.crls,
+            provider.signature_verification_algorithms,
+            self.policy,
+            self.observers,
+        )
+        .map_err(|e| BuildError::InvalidCrl(e.to_string()))?;
+        shared.record_chain = self.record_chain;
+        let shared = Arc::new(shared);
         let versions: &[&'static rustls::SupportedProtocolVersion] = match self.versions {
             TlsVersions::Tls12AndUp => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersions::Tls13Only => &[&rustls::version::TLS13],

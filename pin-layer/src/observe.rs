@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::pin::Pin;
 use crate::policy::{Mode, PinEntry, Position};
-use crate::verify::PinFailure;
+use crate::verify::{ChainLink, PinFailure};
 
 /// The `tracing` target of pin events.
 pub const TARGET: &str = "portcullis::pin";
@@ -21,6 +21,7 @@ pub struct PinCheck {
     pattern: Option<String>,
     matched: Option<(Pin, Position)>,
     mode: Option<Mode>,
+    chain: Option<Vec<ChainLink>>,
 }
 
 impl PinCheck {
@@ -30,6 +31,7 @@ impl PinCheck {
             pattern: None,
             matched: None,
             mode: None,
+            chain: None,
         }
     }
 
@@ -45,6 +47,7 @@ impl PinCheck {
             pattern: Some(entry.pattern().to_string()),
             matched: Some((pin, pos)),
             mode: Some(mode),
+            chain: None,
         }
     }
 
@@ -54,7 +57,19 @@ impl PinCheck {
             pattern: Some(entry.pattern().to_string()),
             matched: None,
             mode: Some(mode),
+            chain: None,
         }
+    }
+
+    pub(crate) fn with_chain(mut self, chain: Option<Vec<ChainLink>>) -> Self {
+        self.chain = chain;
+        self
+    }
+
+    /// The verified chain, leaf first, when the configuration records it
+    /// ([`PinnedTlsBuilder::record_verified_chain`](crate::PinnedTlsBuilder::record_verified_chain)).
+    pub fn verified_chain(&self) -> Option<&[ChainLink]> {
+        self.chain.as_deref()
     }
 
     /// The host that was verified.

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) policy: RwLock<Arc<PinPolicy>>,
     pub(crate) observers: Observers,
     pub(crate) reports_seen: Mutex<HashSet<u64>>,
+    /// Keep the verified chain in each [`PinCheck`] (for diagnostics such as `portcullis probe`).
+    pub(crate) record_chain: bool,
 }
 
 impl fmt::Debug for Shared {
@@ -64,6 +66,7 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             observers,
             reports_seen: Mutex::new(HashSet::new()),
+            record_chain: false,
         })
     }
 
@@ -98,7 +101,18 @@ impl Shared {
             .ok()
             .map(|b| b.build());
 
+        let recorded: RefCell<Option<Vec<ChainLink>>> = RefCell::new(None);
+        let record = |path: &VerifiedPath<'_>| {
+            if self.record_chain {
+                *recorded.borrow_mut() = Some(describe(path, end_entity));
+            }
+        };
+
         let Some(entry) = entry else {
+            let keep = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
+                record(path);
+                Ok(())
+            };
             cert.verify_for_usage(
                 self.algs.all,
                 &self.roots,
@@ -106,10 +120,10 @@ impl Shared {
                 now,
                 usage,
                 revocation,
-                None,
+                self.record_chain.then_some(&keep as _),
             )
             .map_err(pki_error)?;
-            return Ok(PinCheck::unpinned(peer.host));
+            return Ok(PinCheck::unpinned(peer.host).with_chain(recorded.into_inner()));
         };
 
         let mode = entry.effective_mode(wall);
@@ -118,6 +132,7 @@ impl Shared {
         let check = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
             if let Some(m) = self.find_match(entry, path, end_entity) {
                 matched.set(Some(m));
+                record(path);
                 return Ok(());
             }
             if rejected.borrow().is_none() {
@@ -142,7 +157,8 @@ impl Shared {
 
         match (result, matched.get(), rejected.into_inner()) {
             (Ok(_), Some((pin, position)), _) => {
-                let check = PinCheck::matched(peer.host, entry, pin, position, mode);
+                let check = PinCheck::matched(peer.host, entry, pin, position, mode)
+                    .with_chain(recorded.into_inner());
                 self.observers.matched(&check);
                 Ok(check)
             }
@@ -162,7 +178,8 @@ impl Shared {
                 self.observers.violation(&failure, report.as_ref());
                 match mode {
                     Mode::Enforce => Err(failure.into()),
-                    Mode::ReportOnly => Ok(PinCheck::reported(peer.host, entry, mode)),
+                    Mode::ReportOnly => Ok(PinCheck::reported(peer.host, entry, mode)
+                        .with_chain(self.record_chain.then(|| failure.chain.clone()))),
                 }
             }
             (Err(e), _, _) => Err(pki_error(e)),
@@ -268,6 +285,8 @@ pub struct ChainLink {
     pub spki_pin: Pin,
     /// Its subject distinguished name.
     pub subject: String,
+    /// The end of its validity (`None` for a trust anchor, which has no certificate here).
+    pub not_after: Option<OffsetDateTime>,
 }
 
 fn describe(path: &VerifiedPath<'_>, end_entity: &CertificateDer<'_>) -> Vec<ChainLink> {
@@ -276,12 +295,14 @@ fn describe(path: &VerifiedPath<'_>, end_entity: &CertificateDer<'_>) -> Vec<Cha
         position: Position::Leaf,
         spki_pin: Pin::from_spki_der(path.end_entity().subject_public_key_info().as_ref()),
         subject: cert_subject(end_entity.as_ref()),
+        not_after: cert_not_after(end_entity.as_ref()),
     });
     for cert in path.intermediate_certificates() {
         chain.push(ChainLink {
             position: Position::Intermediate,
             spki_pin: Pin::from_spki_der(cert.subject_public_key_info().as_ref()),
             subject: cert_subject(cert.der().as_ref()),
+            not_after: cert_not_after(cert.der().as_ref()),
         });
     }
     let anchor = path.anchor();
@@ -289,6 +310,7 @@ fn describe(path: &VerifiedPath<'_>, end_entity: &CertificateDer<'_>) -> Vec<Cha
         position: Position::Root,
         spki_pin: Pin::from_spki_der(webpki::spki_for_anchor(anchor).as_ref()),
         subject: name_subject(anchor.subject.as_ref()),
+        not_after: None,
     });
     chain
 }
@@ -299,6 +321,13 @@ pub(crate) fn cert_subject(der: &[u8]) -> String {
         Ok((_, cert)) => cert.subject().to_string(),
         Err(_) => "<unparsable subject>".to_owned(),
     }
+}
+
+fn cert_not_after(der: &[u8]) -> Option<OffsetDateTime> {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certificate::X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.to_datetime())
 }
 
 /// Formats a Name given without its outer SEQUENCE (as trust anchors store it).

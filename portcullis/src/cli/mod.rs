@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod pin_cmd;
+mod policy_cmd;
+mod probe;
+
 /// Exit code for usage errors (BSD `EX_USAGE`).
 pub(crate) const EXIT_USAGE: u8 = 64;
 
@@ -16,7 +20,21 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Print the SPKI pin, subject, issuer, expiry and fingerprint of certificates.
+    Pin(pin_cmd::PinArgs),
+    /// Connect to an HTTPS server and check its chain against pins or a policy.
+    Probe(probe::ProbeArgs),
+    /// Pin policy tools.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+/// Prints a one-line usage error and returns exit code 64.
+pub(crate) fn usage_error(message: &str) -> ExitCode {
+    eprintln!("portcullis: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
 
 pub(crate) fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -27,5 +45,9 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command {}
+    match cli.command {
+        Command::Pin(args) => pin_cmd::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+    }
 }
