@@ -44,15 +44,12 @@ pub fn parse_authorization(value: &[u8]) -> Result<&str, AuthorizationError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthorizationError::TooLong);
     }
-    let body_end = token
-        .iter()
-        .position(|&b| b == b'=')
-        .unwrap_or(token.len());
+    let body_end = token.iter().position(|&b| b == b'=').unwrap_or(token.len());
     let (body, pad) = token.split_at(body_end);
     let body_ok = !body.is_empty()
-        && body
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if !body_ok || pad.iter().any(|&b| b != b'=') {
         return Err(AuthorizationError::Malformed);
     }

@@ -1,6 +1,8 @@
 //! Secret stores, short-lived token rotation, bearer injection and bearer validation for tower.
 
 pub mod bearer;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod header;
 pub mod require;
 pub mod secret;

@@ -94,7 +94,11 @@ fn echo_auth() -> impl tower::Service<
 async fn thousand_concurrent_requests_on_an_expired_token_cause_exactly_one_refresh() {
     let calls = Counter::default();
     let source = seeded(
-        counting_refresher(calls.clone(), Duration::from_millis(200), Duration::from_secs(600)),
+        counting_refresher(
+            calls.clone(),
+            Duration::from_millis(200),
+            Duration::from_secs(600),
+        ),
         MemoryStore::new(),
         Some(("at-expired", Duration::from_secs(0))),
     )
@@ -123,7 +127,11 @@ async fn thousand_concurrent_requests_on_an_expired_token_cause_exactly_one_refr
 async fn refreshes_in_the_background_ahead_of_expiry() {
     let calls = Counter::default();
     let source = seeded(
-        counting_refresher(calls.clone(), Duration::from_millis(100), Duration::from_secs(120)),
+        counting_refresher(
+            calls.clone(),
+            Duration::from_millis(100),
+            Duration::from_secs(120),
+        ),
         MemoryStore::new(),
         Some(("at-0", Duration::from_secs(120))),
     )
@@ -165,7 +173,13 @@ async fn failed_refresh_backs_off_instead_of_storming_the_endpoint() {
     };
     let source = seeded(refresher, MemoryStore::new(), None).await;
     let err = source.token().await.unwrap_err();
-    assert!(matches!(err, TokenError::Refresh(RefreshError::Endpoint { status: 503, .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            TokenError::Refresh(RefreshError::Endpoint { status: 503, .. })
+        ),
+        "{err}"
+    );
     for _ in 0..100 {
         let err = source.token().await.unwrap_err();
         assert!(matches!(err, TokenError::BackingOff { .. }), "{err}");
@@ -177,7 +191,10 @@ async fn failed_refresh_backs_off_instead_of_storming_the_endpoint() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // Then doubles: 2 to 4 s; nothing before 2 s.
     tokio::time::advance(Duration::from_millis(1999)).await;
-    assert!(matches!(source.token().await, Err(TokenError::BackingOff { .. })));
+    assert!(matches!(
+        source.token().await,
+        Err(TokenError::BackingOff { .. })
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -265,8 +282,12 @@ impl Body for Unsized {
 /// A server that rejects `at-0` with 401 invalid_token and echoes the body otherwise.
 fn rejecting_server<B>(
     hits: Counter,
-) -> impl tower::Service<Request<ReplayBody<B>>, Response = Response<Full<Bytes>>, Error = Infallible, Future = impl Send>
-+ Clone
+) -> impl tower::Service<
+    Request<ReplayBody<B>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
 + Send
 + 'static
 where
@@ -277,14 +298,19 @@ where
         let hits = hits.clone();
         async move {
             hits.fetch_add(1, Ordering::SeqCst);
-            let auth = req.headers()[header::AUTHORIZATION].to_str().unwrap().to_owned();
+            let auth = req.headers()[header::AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let body = req.into_body().collect().await.unwrap().to_bytes();
             if auth == "Bearer at-0" {
                 let mut resp = Response::new(Full::new(Bytes::new()));
                 *resp.status_mut() = StatusCode::UNAUTHORIZED;
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    "Bearer realm=\"api\", error=\"invalid_token\"".parse().unwrap(),
+                    "Bearer realm=\"api\", error=\"invalid_token\""
+                        .parse()
+                        .unwrap(),
                 );
                 return Ok::<_, Infallible>(resp);
             }
@@ -326,12 +352,20 @@ async fn a_401_invalid_token_refreshes_once_and_replays_the_request_once() {
 
     // An empty-bodied request on the fast path replays too.
     source
-        .seed(TokenSet::new("at-0", Duration::from_secs(600), Some("rt".into())))
+        .seed(TokenSet::new(
+            "at-0",
+            Duration::from_secs(600),
+            Some("rt".into()),
+        ))
         .await
         .unwrap();
     let resp = svc
         .clone()
-        .oneshot(Request::get("http://api.test/me").body(Full::new(Bytes::new())).unwrap())
+        .oneshot(
+            Request::get("http://api.test/me")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -388,30 +422,53 @@ async fn a_non_replayable_body_is_not_replayed_but_the_next_request_gets_a_new_t
         .service(rejecting_server::<Unsized>(hits.clone()));
     let resp = svc
         .clone()
-        .oneshot(Request::post("http://api.test/upload").body(Unsized(Some(Bytes::from_static(b"stream")))).unwrap())
+        .oneshot(
+            Request::post("http://api.test/upload")
+                .body(Unsized(Some(Bytes::from_static(b"stream"))))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "a streamed body must not be sent twice");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "a streamed body must not be sent twice"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     let resp = svc
-        .oneshot(Request::post("http://api.test/upload").body(Unsized(Some(Bytes::from_static(b"again")))).unwrap())
+        .oneshot(
+            Request::post("http://api.test/upload")
+                .body(Unsized(Some(Bytes::from_static(b"again"))))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "Bearer at-1|again");
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "Bearer at-1|again"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A known-size body over the cap is not buffered either.
     source
-        .seed(TokenSet::new("at-0", Duration::from_secs(600), Some("rt".into())))
+        .seed(TokenSet::new(
+            "at-0",
+            Duration::from_secs(600),
+            Some("rt".into()),
+        ))
         .await
         .unwrap();
     let hits2 = Counter::default();
     let resp = ServiceBuilder::new()
         .layer(BearerLayer::new(source).replay_body_cap(4))
         .service(rejecting_server::<Full<Bytes>>(hits2.clone()))
-        .oneshot(Request::post("http://api.test/x").body(Full::new(Bytes::from_static(b"12345"))).unwrap())
+        .oneshot(
+            Request::post("http://api.test/x")
+                .body(Full::new(Bytes::from_static(b"12345")))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -486,7 +543,9 @@ async fn oauth_refresh_grant_over_real_http_rotates_and_maps_invalid_grant() {
     let server = token_endpoint(state.clone(), 600).await;
     let refresher = OAuthRefresh::new(
         http_client(),
-        format!("http://127.0.0.1:{}/oauth/token", server.port()).parse().unwrap(),
+        format!("http://127.0.0.1:{}/oauth/token", server.port())
+            .parse()
+            .unwrap(),
         ClientAuth::Basic {
             client_id: "mobile app".into(),
             client_secret: "s3cr3t:+".into(),
@@ -494,8 +553,14 @@ async fn oauth_refresh_grant_over_real_http_rotates_and_maps_invalid_grant() {
     )
     .scope("read");
     let store = MemoryStore::new();
-    let source = TokenSource::builder(refresher.clone(), store.clone()).load().await.unwrap();
-    source.seed(TokenSet::from_refresh_token("rt-0")).await.unwrap();
+    let source = TokenSource::builder(refresher.clone(), store.clone())
+        .load()
+        .await
+        .unwrap();
+    source
+        .seed(TokenSet::from_refresh_token("rt-0"))
+        .await
+        .unwrap();
     assert_eq!(source.token().await.unwrap().expose(), "at-1");
     {
         let st = state.lock().unwrap();
@@ -507,7 +572,10 @@ async fn oauth_refresh_grant_over_real_http_rotates_and_maps_invalid_grant() {
         // client_secret_basic: id and secret are form-encoded before base64 (RFC 6749 §2.3.1).
         use base64::Engine as _;
         let expected = base64::engine::general_purpose::STANDARD.encode("mobile+app:s3cr3t%3A%2B");
-        assert_eq!(st.auth[0].as_deref(), Some(format!("Basic {expected}").as_str()));
+        assert_eq!(
+            st.auth[0].as_deref(),
+            Some(format!("Basic {expected}").as_str())
+        );
     }
     // Revocation on the server side: the stored refresh token is no longer accepted.
     state.lock().unwrap().current = "revoked".into();
@@ -529,9 +597,12 @@ async fn crash_child_process() {
     let (Ok(dir), Ok(url)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_URL)) else {
         return;
     };
-    let store = FileStore::open(std::path::Path::new(&dir).join("tokens.pcs"), FileKey::raw(CRASH_KEY))
-        .await
-        .unwrap();
+    let store = FileStore::open(
+        std::path::Path::new(&dir).join("tokens.pcs"),
+        FileKey::raw(CRASH_KEY),
+    )
+    .await
+    .unwrap();
     let refresher = OAuthRefresh::new(
         http_client(),
         url.parse().unwrap(),
@@ -559,18 +630,30 @@ async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
     let server = token_endpoint(state.clone(), 1).await;
     let url = format!("http://127.0.0.1:{}/token", server.port());
     {
-        let store = FileStore::open(&path, FileKey::raw(CRASH_KEY)).await.unwrap();
-        let seed = TokenSource::builder(|_rt: SecretString| async { Err::<TokenResponse, _>(RefreshError::InvalidGrant) }, store)
-            .load()
+        let store = FileStore::open(&path, FileKey::raw(CRASH_KEY))
             .await
             .unwrap();
-        seed.seed(TokenSet::from_refresh_token("rt-0")).await.unwrap();
+        let seed = TokenSource::builder(
+            |_rt: SecretString| async { Err::<TokenResponse, _>(RefreshError::InvalidGrant) },
+            store,
+        )
+        .load()
+        .await
+        .unwrap();
+        seed.seed(TokenSet::from_refresh_token("rt-0"))
+            .await
+            .unwrap();
     }
     let exe = std::env::current_exe().unwrap();
     for round in 0..8u64 {
         let start = state.lock().unwrap().issued;
         let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "crash_child_process", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_DIR, &dir)
             .env(CRASH_URL, &url)
             .stdout(std::process::Stdio::null())
@@ -582,7 +665,10 @@ async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
         let target = start + 3 + (round as usize % 3);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while state.lock().unwrap().issued < target {
-            assert!(std::time::Instant::now() < deadline, "child made no progress");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child made no progress"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         tokio::time::sleep(Duration::from_micros(round * 350)).await;
@@ -590,8 +676,14 @@ async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
         child.wait().unwrap();
 
         // The file opens (never torn) and its refresh token is one the server accepts.
-        let store = FileStore::open(&path, FileKey::raw(CRASH_KEY)).await.unwrap();
-        let record = store.get("portcullis.token").await.unwrap().expect("tokens survived");
+        let store = FileStore::open(&path, FileKey::raw(CRASH_KEY))
+            .await
+            .unwrap();
+        let record = store
+            .get("portcullis.token")
+            .await
+            .unwrap()
+            .expect("tokens survived");
         let json: serde_json::Value = serde_json::from_slice(record.expose()).unwrap();
         let stored = json["refresh_token"].as_str().unwrap().to_owned();
         {

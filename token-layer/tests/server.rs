@@ -35,17 +35,27 @@ struct Signer {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 impl Signer {
     fn asymmetric(alg: Algorithm, kid: &str) -> Self {
-        let (rc_alg, enc_fn): (&'static rcgen::SignatureAlgorithm, fn(&[u8]) -> EncodingKey) = match alg {
-            Algorithm::EdDSA => (&rcgen::PKCS_ED25519, |p| EncodingKey::from_ed_pem(p).unwrap()),
-            Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, |p| EncodingKey::from_ec_pem(p).unwrap()),
-            Algorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, |p| EncodingKey::from_rsa_pem(p).unwrap()),
-            other => panic!("no test key for {other:?}"),
-        };
+        let (rc_alg, enc_fn): (&'static rcgen::SignatureAlgorithm, fn(&[u8]) -> EncodingKey) =
+            match alg {
+                Algorithm::EdDSA => (&rcgen::PKCS_ED25519, |p| {
+                    EncodingKey::from_ed_pem(p).unwrap()
+                }),
+                Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+                    EncodingKey::from_ec_pem(p).unwrap()
+                }),
+                Algorithm::RS256 => (&rcgen::PKCS_RSA_SHA256, |p| {
+                    EncodingKey::from_rsa_pem(p).unwrap()
+                }),
+                other => panic!("no test key for {other:?}"),
+            };
         let kp = rcgen::KeyPair::generate_for(rc_alg).unwrap();
         let enc = enc_fn(kp.serialize_pem().as_bytes());
         let verify = VerificationKey::from_pem(alg, kp.public_key_pem().as_bytes())
@@ -76,7 +86,9 @@ impl Signer {
             alg: Algorithm::HS256,
             kid: kid.into(),
             enc: EncodingKey::from_secret(&secret),
-            verify: VerificationKey::hmac(Algorithm::HS256, &secret).unwrap().with_kid(kid),
+            verify: VerificationKey::hmac(Algorithm::HS256, &secret)
+                .unwrap()
+                .with_kid(kid),
             jwk: None,
         }
     }
@@ -129,7 +141,12 @@ fn validator(keys: &[&Signer]) -> JwtValidator {
     b.build().unwrap()
 }
 
-async fn call(layer: RequireBearerLayer, method: Method, path: &str, auth: Option<&str>) -> Response<Full<Bytes>> {
+async fn call(
+    layer: RequireBearerLayer,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+) -> Response<Full<Bytes>> {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(a) = auth {
         req = req.header(header::AUTHORIZATION, a);
@@ -143,7 +160,10 @@ async fn call(layer: RequireBearerLayer, method: Method, path: &str, auth: Optio
 }
 
 fn challenge(resp: &Response<Full<Bytes>>) -> String {
-    resp.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().to_owned()
+    resp.headers()[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 const INVALID: &str = "Bearer realm=\"api\", error=\"invalid_token\"";
@@ -157,7 +177,13 @@ async fn accepts_eddsa_es256_rs256_and_hs256_tokens_and_exposes_typed_claims() {
         Signer::hmac("hs"),
     ] {
         let layer = RequireBearerLayer::new(validator(&[&signer]));
-        let resp = call(layer, Method::GET, "/orders", Some(&format!("Bearer {}", signer.good()))).await;
+        let resp = call(
+            layer,
+            Method::GET,
+            "/orders",
+            Some(&format!("Bearer {}", signer.good())),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK, "{:?}", signer.alg);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(
@@ -177,14 +203,26 @@ async fn missing_and_malformed_credentials_get_rfc6750_answers() {
     let resp = call(layer.clone(), Method::GET, "/", Some("Basic dXNlcjpwYXNz")).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(challenge(&resp), "Bearer realm=\"orders\"");
-    for bad in ["Bearer", "Bearer ", "Bearer a b", "Bearer ab=c", "Bearer tok\u{e9}n"] {
+    for bad in [
+        "Bearer",
+        "Bearer ",
+        "Bearer a b",
+        "Bearer ab=c",
+        "Bearer tok\u{e9}n",
+    ] {
         let resp = call(layer.clone(), Method::GET, "/", Some(bad)).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
-        assert_eq!(challenge(&resp), "Bearer realm=\"orders\", error=\"invalid_request\"");
+        assert_eq!(
+            challenge(&resp),
+            "Bearer realm=\"orders\", error=\"invalid_request\""
+        );
     }
     let resp = call(layer, Method::GET, "/", Some("Bearer not.a.jwt")).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(challenge(&resp), "Bearer realm=\"orders\", error=\"invalid_token\"");
+    assert_eq!(
+        challenge(&resp),
+        "Bearer realm=\"orders\", error=\"invalid_token\""
+    );
 }
 
 #[tokio::test]
@@ -193,21 +231,59 @@ async fn refuses_expired_not_yet_valid_wrong_audience_and_wrong_issuer() {
     let layer = RequireBearerLayer::new(validator(&[&s]));
     let t = now();
     let cases = [
-        ("expired", json!({"iss": ISS, "aud": AUD, "iat": t - 600, "exp": t - 120})),
-        ("not yet valid", json!({"iss": ISS, "aud": AUD, "iat": t, "nbf": t + 600, "exp": t + 900})),
-        ("issued in the future", json!({"iss": ISS, "aud": AUD, "iat": t + 600, "exp": t + 900})),
-        ("wrong audience", json!({"iss": ISS, "aud": "billing-api", "iat": t, "exp": t + 300})),
+        (
+            "expired",
+            json!({"iss": ISS, "aud": AUD, "iat": t - 600, "exp": t - 120}),
+        ),
+        (
+            "not yet valid",
+            json!({"iss": ISS, "aud": AUD, "iat": t, "nbf": t + 600, "exp": t + 900}),
+        ),
+        (
+            "issued in the future",
+            json!({"iss": ISS, "aud": AUD, "iat": t + 600, "exp": t + 900}),
+        ),
+        (
+            "wrong audience",
+            json!({"iss": ISS, "aud": "billing-api", "iat": t, "exp": t + 300}),
+        ),
         ("no audience", json!({"iss": ISS, "iat": t, "exp": t + 300})),
-        ("wrong issuer", json!({"iss": "https://evil.test", "aud": AUD, "iat": t, "exp": t + 300})),
+        (
+            "wrong issuer",
+            json!({"iss": "https://evil.test", "aud": AUD, "iat": t, "exp": t + 300}),
+        ),
         ("no exp", json!({"iss": ISS, "aud": AUD, "iat": t})),
-        ("too long lifetime", json!({"iss": ISS, "aud": AUD, "iat": t, "exp": t + 7200})),
-        ("too long without iat", json!({"iss": ISS, "aud": AUD, "exp": t + 86400})),
+        (
+            "too long lifetime",
+            json!({"iss": ISS, "aud": AUD, "iat": t, "exp": t + 7200}),
+        ),
+        (
+            "too long without iat",
+            json!({"iss": ISS, "aud": AUD, "exp": t + 86400}),
+        ),
     ];
     for (name, claims) in cases {
-        let resp = call(layer.clone(), Method::GET, "/", Some(&format!("Bearer {}", s.sign(claims)))).await;
+        let resp = call(
+            layer.clone(),
+            Method::GET,
+            "/",
+            Some(&format!("Bearer {}", s.sign(claims))),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{name}");
-        assert_eq!(challenge(&resp), INVALID, "{name}: the reason must not leak");
-        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+        assert_eq!(
+            challenge(&resp),
+            INVALID,
+            "{name}: the reason must not leak"
+        );
+        assert!(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
     }
     // Leeway covers small skew; the max lifetime is configurable.
     let layer = RequireBearerLayer::new(
@@ -219,7 +295,8 @@ async fn refuses_expired_not_yet_valid_wrong_audience_and_wrong_issuer() {
             .build()
             .unwrap(),
     );
-    let tok = s.sign(json!({"iss": ISS, "aud": [AUD, "other"], "iat": t, "exp": t + 7200, "nbf": t + 10}));
+    let tok = s
+        .sign(json!({"iss": ISS, "aud": [AUD, "other"], "iat": t, "exp": t + 7200, "nbf": t + 10}));
     let resp = call(layer, Method::GET, "/", Some(&format!("Bearer {tok}"))).await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
@@ -236,7 +313,13 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let resp = call(layer.clone(), Method::GET, "/", Some(&format!("Bearer {none}"))).await;
+    let resp = call(
+        layer.clone(),
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {none}")),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(challenge(&resp), INVALID);
     // HS256 signed with the RSA *public* key as the HMAC secret (the classic confusion).
@@ -246,22 +329,48 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
     };
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("rsa".into());
-    let forged = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa_pub_pem)).unwrap();
-    let resp = call(layer.clone(), Method::GET, "/", Some(&format!("Bearer {forged}"))).await;
+    let forged =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa_pub_pem)).unwrap();
+    let resp = call(
+        layer.clone(),
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {forged}")),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // A token signed by another RSA key with the same kid.
     let other = Signer::asymmetric(Algorithm::RS256, "rsa");
-    let resp = call(layer.clone(), Method::GET, "/", Some(&format!("Bearer {}", other.good()))).await;
+    let resp = call(
+        layer.clone(),
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {}", other.good())),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // A tampered payload on a genuine token.
     let good = rsa.good();
     let mut parts: Vec<&str> = good.split('.').collect();
-    let evil = URL_SAFE_NO_PAD.encode(json!({"iss": ISS, "aud": AUD, "iat": t, "exp": t + 300, "sub": "root"}).to_string());
+    let evil = URL_SAFE_NO_PAD.encode(
+        json!({"iss": ISS, "aud": AUD, "iat": t, "exp": t + 300, "sub": "root"}).to_string(),
+    );
     parts[1] = &evil;
-    let resp = call(layer, Method::GET, "/", Some(&format!("Bearer {}", parts.join(".")))).await;
+    let resp = call(
+        layer,
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {}", parts.join("."))),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // HMAC keys are refused from a JWKS altogether.
-    assert!(VerificationKey::from_jwk(&Jwk::from_encoding_key(&EncodingKey::from_secret(&[1; 32]), Algorithm::HS256).unwrap()).is_err());
+    assert!(
+        VerificationKey::from_jwk(
+            &Jwk::from_encoding_key(&EncodingKey::from_secret(&[1; 32]), Algorithm::HS256).unwrap()
+        )
+        .is_err()
+    );
 }
 
 #[tokio::test]
@@ -271,21 +380,45 @@ async fn per_route_scopes_and_roles_answer_403_insufficient_scope() {
         .route("/orders", ["orders:read"])
         .route_method(Method::POST, "/orders", ["orders:write"])
         .route_roles("/admin", ["admin"]);
-    let layer = RequireBearerLayer::new(validator(&[&s])).scopes(["profile"]).routes(table);
+    let layer = RequireBearerLayer::new(validator(&[&s]))
+        .scopes(["profile"])
+        .routes(table);
     let auth = format!("Bearer {}", s.good());
-    assert_eq!(call(layer.clone(), Method::GET, "/orders/7", Some(&auth)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/orders/7", Some(&auth))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let resp = call(layer.clone(), Method::POST, "/orders", Some(&auth)).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         challenge(&resp),
         "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"profile orders:write\""
     );
-    assert_eq!(call(layer.clone(), Method::GET, "/admin", Some(&auth)).await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/admin", Some(&auth))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
     // Segment boundary: /ordersX is not under /orders.
-    assert_eq!(call(layer.clone(), Method::POST, "/ordersX", Some(&auth)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::POST, "/ordersX", Some(&auth))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let admin = s.sign(json!({"iss": ISS, "aud": AUD, "iat": now(), "exp": now() + 60, "scope": "profile", "roles": ["admin"]}));
     assert_eq!(
-        call(layer, Method::GET, "/admin/users", Some(&format!("Bearer {admin}"))).await.status(),
+        call(
+            layer,
+            Method::GET,
+            "/admin/users",
+            Some(&format!("Bearer {admin}"))
+        )
+        .await
+        .status(),
         StatusCode::OK
     );
 }
@@ -304,17 +437,43 @@ async fn denied_jti_is_refused() {
             .unwrap(),
     );
     let auth = format!("Bearer {}", s.good());
-    assert_eq!(call(layer.clone(), Method::GET, "/", Some(&auth)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/", Some(&auth))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     deny.deny("tok-1");
-    assert_eq!(call(layer, Method::GET, "/", Some(&auth)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(layer, Method::GET, "/", Some(&auth)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[test]
 fn validator_refuses_to_build_without_issuer_audience_or_keys() {
     let s = Signer::hmac("hs");
-    assert!(JwtValidator::builder().audience(AUD).key(s.verify.clone()).build().is_err());
-    assert!(JwtValidator::builder().issuer(ISS).key(s.verify.clone()).build().is_err());
-    assert!(JwtValidator::builder().issuer(ISS).audience(AUD).build().is_err());
+    assert!(
+        JwtValidator::builder()
+            .audience(AUD)
+            .key(s.verify.clone())
+            .build()
+            .is_err()
+    );
+    assert!(
+        JwtValidator::builder()
+            .issuer(ISS)
+            .key(s.verify.clone())
+            .build()
+            .is_err()
+    );
+    assert!(
+        JwtValidator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .build()
+            .is_err()
+    );
     assert!(VerificationKey::hmac(Algorithm::HS256, b"short").is_err());
     assert!(VerificationKey::hmac(Algorithm::RS256, &[0; 32]).is_err());
 }
@@ -323,7 +482,9 @@ fn validator_refuses_to_build_without_issuer_audience_or_keys() {
 async fn jwks_key_rotation_with_overlap_and_rate_limited_refetch() {
     let k1 = Signer::asymmetric(Algorithm::ES256, "k1");
     let k2 = Signer::asymmetric(Algorithm::EdDSA, "k2");
-    let doc = Arc::new(Mutex::new(JwkSet { keys: vec![k1.jwk.clone().unwrap()] }));
+    let doc = Arc::new(Mutex::new(JwkSet {
+        keys: vec![k1.jwk.clone().unwrap()],
+    }));
     let fetches = Arc::new(AtomicUsize::new(0));
     let (d, f) = (doc.clone(), fetches.clone());
     let jwks = Jwks::from_fetcher(move || {
@@ -335,22 +496,43 @@ async fn jwks_key_rotation_with_overlap_and_rate_limited_refetch() {
     .min_refetch_interval(Duration::from_secs(30));
     assert_eq!(jwks.refresh().await.unwrap(), 1);
     let layer = RequireBearerLayer::new(
-        JwtValidator::builder().issuer(ISS).audience(AUD).jwks(jwks.clone()).build().unwrap(),
+        JwtValidator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .jwks(jwks.clone())
+            .build()
+            .unwrap(),
     );
     let t1 = format!("Bearer {}", k1.good());
     let t2 = format!("Bearer {}", k2.good());
-    assert_eq!(call(layer.clone(), Method::GET, "/", Some(&t1)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/", Some(&t1))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     // The issuer publishes k2 and starts signing with it: the unknown kid triggers a refetch.
     tokio::time::advance(Duration::from_secs(31)).await;
     doc.lock().unwrap().keys.push(k2.jwk.clone().unwrap());
-    assert_eq!(call(layer.clone(), Method::GET, "/", Some(&t2)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/", Some(&t2))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
 
     // Forged kids do not hammer the issuer: at most one refetch per interval.
     let forged = Signer::asymmetric(Algorithm::ES256, "forged");
     for _ in 0..20 {
-        let resp = call(layer.clone(), Method::GET, "/", Some(&format!("Bearer {}", forged.good()))).await;
+        let resp = call(
+            layer.clone(),
+            Method::GET,
+            "/",
+            Some(&format!("Bearer {}", forged.good())),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
@@ -358,34 +540,63 @@ async fn jwks_key_rotation_with_overlap_and_rate_limited_refetch() {
     // k1 leaves the document: still accepted during the overlap, refused after it.
     doc.lock().unwrap().keys.remove(0);
     jwks.refresh().await.unwrap();
-    assert_eq!(call(layer.clone(), Method::GET, "/", Some(&t1)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/", Some(&t1))
+            .await
+            .status(),
+        StatusCode::OK
+    );
     tokio::time::advance(Duration::from_secs(601)).await;
     jwks.refresh().await.unwrap();
-    assert_eq!(call(layer.clone(), Method::GET, "/", Some(&t1)).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(call(layer, Method::GET, "/", Some(&t2)).await.status(), StatusCode::OK);
+    assert_eq!(
+        call(layer.clone(), Method::GET, "/", Some(&t1))
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(layer, Method::GET, "/", Some(&t2)).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn jwks_fetched_over_real_http_and_refreshed_in_the_background() {
     let k1 = Signer::asymmetric(Algorithm::RS256, "r1");
-    let body = serde_json::to_string(&JwkSet { keys: vec![k1.jwk.clone().unwrap()] }).unwrap();
-    let server = testkit::server::TestServer::http_with(move |_req: Request<hyper::body::Incoming>| {
-        let body = body.clone();
-        async move { Response::new(Full::new(Bytes::from(body))) }
+    let body = serde_json::to_string(&JwkSet {
+        keys: vec![k1.jwk.clone().unwrap()],
     })
-    .await;
+    .unwrap();
+    let server =
+        testkit::server::TestServer::http_with(move |_req: Request<hyper::body::Incoming>| {
+            let body = body.clone();
+            async move { Response::new(Full::new(Bytes::from(body))) }
+        })
+        .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
-    let jwks = Jwks::from_uri(client, format!("http://127.0.0.1:{}/jwks.json", server.port()).parse().unwrap());
+    let jwks = Jwks::from_uri(
+        client,
+        format!("http://127.0.0.1:{}/jwks.json", server.port())
+            .parse()
+            .unwrap(),
+    );
     let handle = jwks.spawn_refresh(Duration::from_secs(3600));
     let layer = RequireBearerLayer::new(
-        JwtValidator::builder().issuer(ISS).audience(AUD).jwks(jwks).build().unwrap(),
+        JwtValidator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .jwks(jwks)
+            .build()
+            .unwrap(),
     );
     // The first background refresh runs at once; wait for it (bounded).
     let auth = format!("Bearer {}", k1.good());
     let mut status = StatusCode::UNAUTHORIZED;
     for _ in 0..200 {
-        status = call(layer.clone(), Method::GET, "/", Some(&auth)).await.status();
+        status = call(layer.clone(), Method::GET, "/", Some(&auth))
+            .await
+            .status();
         if status == StatusCode::OK {
             break;
         }

@@ -33,17 +33,31 @@ async fn memory_store_round_trip_and_cas() {
     assert_eq!(store.get("a").await.unwrap(), None);
     store.put("a", "one".into()).await.unwrap();
     assert_eq!(store.get("a").await.unwrap(), Some("one".into()));
-    assert!(!store
-        .compare_and_swap("a", Some(&"wrong".into()), Some("two".into()))
-        .await
-        .unwrap());
-    assert!(store
-        .compare_and_swap("a", Some(&"one".into()), Some("two".into()))
-        .await
-        .unwrap());
+    assert!(
+        !store
+            .compare_and_swap("a", Some(&"wrong".into()), Some("two".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .compare_and_swap("a", Some(&"one".into()), Some("two".into()))
+            .await
+            .unwrap()
+    );
     assert_eq!(store.get("a").await.unwrap(), Some("two".into()));
-    assert!(store.compare_and_swap("b", None, Some("x".into())).await.unwrap());
-    assert!(!store.compare_and_swap("b", None, Some("y".into())).await.unwrap());
+    assert!(
+        store
+            .compare_and_swap("b", None, Some("x".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap("b", None, Some("y".into()))
+            .await
+            .unwrap()
+    );
     assert!(store.delete("a").await.unwrap());
     assert!(!store.delete("a").await.unwrap());
     assert!(matches!(
@@ -62,7 +76,10 @@ async fn file_store_round_trips_with_a_passphrase_and_hides_names_and_values() {
         .put("api/refresh-token", SecretValue::from("rt-value-7f3a9c"))
         .await
         .unwrap();
-    store.put("db-password", "hunter2-hunter2".into()).await.unwrap();
+    store
+        .put("db-password", "hunter2-hunter2".into())
+        .await
+        .unwrap();
 
     let reopened = FileStore::open(&path, pass("correct horse")).await.unwrap();
     assert_eq!(
@@ -75,7 +92,12 @@ async fn file_store_round_trips_with_a_passphrase_and_hides_names_and_values() {
     );
 
     let raw = std::fs::read(&path).unwrap();
-    for needle in [&b"rt-value-7f3a9c"[..], b"hunter2", b"api/refresh-token", b"db-password"] {
+    for needle in [
+        &b"rt-value-7f3a9c"[..],
+        b"hunter2",
+        b"api/refresh-token",
+        b"db-password",
+    ] {
         assert!(
             !raw.windows(needle.len()).any(|w| w == needle),
             "clear text found in the file"
@@ -136,7 +158,9 @@ async fn every_flipped_byte_is_an_error_never_a_panic_or_a_silent_reset() {
         bad[i] ^= 0x01;
         std::fs::write(&path, &bad).unwrap();
         let store = FileStore::open(&path, pass("p")).await;
-        let err = store.err().unwrap_or_else(|| panic!("byte {i} flipped but the file opened"));
+        let err = store
+            .err()
+            .unwrap_or_else(|| panic!("byte {i} flipped but the file opened"));
         assert!(
             matches!(
                 err,
@@ -174,7 +198,10 @@ async fn truncated_and_empty_files_are_errors_not_resets() {
             .err()
             .unwrap_or_else(|| panic!("truncated to {len} bytes but opened"));
         assert!(
-            matches!(err, StoreError::Truncated { .. } | StoreError::Tampered { .. }),
+            matches!(
+                err,
+                StoreError::Truncated { .. } | StoreError::Tampered { .. }
+            ),
             "len {len}: {err}"
         );
     }
@@ -252,19 +279,40 @@ async fn keyring_store_round_trips_through_the_kernel_keyring() {
     let store = KeyringStore::new(&service);
     assert_eq!(store.get("refresh").await.unwrap(), None);
     store.put("refresh", "kr-secret-1".into()).await.unwrap();
-    assert_eq!(store.get("refresh").await.unwrap(), Some("kr-secret-1".into()));
+    assert_eq!(
+        store.get("refresh").await.unwrap(),
+        Some("kr-secret-1".into())
+    );
     // A second handle (as another process would) sees the same entry.
     let other = KeyringStore::new(&service);
-    assert_eq!(other.get("refresh").await.unwrap(), Some("kr-secret-1".into()));
-    assert!(other
-        .compare_and_swap("refresh", Some(&"kr-secret-1".into()), Some("kr-secret-2".into()))
-        .await
-        .unwrap());
-    assert!(!other
-        .compare_and_swap("refresh", Some(&"kr-secret-1".into()), Some("kr-secret-3".into()))
-        .await
-        .unwrap());
-    assert_eq!(store.get("refresh").await.unwrap(), Some("kr-secret-2".into()));
+    assert_eq!(
+        other.get("refresh").await.unwrap(),
+        Some("kr-secret-1".into())
+    );
+    assert!(
+        other
+            .compare_and_swap(
+                "refresh",
+                Some(&"kr-secret-1".into()),
+                Some("kr-secret-2".into())
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !other
+            .compare_and_swap(
+                "refresh",
+                Some(&"kr-secret-1".into()),
+                Some("kr-secret-3".into())
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get("refresh").await.unwrap(),
+        Some("kr-secret-2".into())
+    );
     assert!(store.delete("refresh").await.unwrap());
     assert_eq!(store.get("refresh").await.unwrap(), None);
     assert!(matches!(

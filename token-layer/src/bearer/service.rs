@@ -140,9 +140,7 @@ where
                 .is_some_and(|n| n <= self.replay_cap as u64);
         let source = self.source.clone();
 
-        if !bufferable
-            && let Some(token) = source.cached()
-        {
+        if !bufferable && let Some(token) = source.cached() {
             // Fast path: a cached token and nothing to buffer.
             let body = if empty {
                 ReplayBody::buffered(Bytes::new())

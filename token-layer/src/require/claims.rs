@@ -179,7 +179,12 @@ impl RawClaims {
     pub(crate) fn into_verified(self, key_id: Option<String>) -> VerifiedClaims {
         let mut scopes: Vec<String> = self
             .scope
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(scp) = self.scp {
             for s in scp.into_vec() {

@@ -90,10 +90,12 @@ impl VerificationKey {
             | Algorithm::RS512
             | Algorithm::PS256
             | Algorithm::PS384
-            | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem).map_err(|_| KeyError::Invalid {
-                kind: "RSA",
-                expected: "a PEM RSA public key",
-            })?,
+            | Algorithm::PS512 => {
+                DecodingKey::from_rsa_pem(pem).map_err(|_| KeyError::Invalid {
+                    kind: "RSA",
+                    expected: "a PEM RSA public key",
+                })?
+            }
             Algorithm::ES256 | Algorithm::ES384 => {
                 DecodingKey::from_ec_pem(pem).map_err(|_| KeyError::Invalid {
                     kind: "EC",
@@ -104,7 +106,12 @@ impl VerificationKey {
                 kind: "Ed25519",
                 expected: "a PEM Ed25519 public key",
             })?,
-            _ => return Err(KeyError::AlgorithmMismatch { alg, kind: "PEM public" }),
+            _ => {
+                return Err(KeyError::AlgorithmMismatch {
+                    alg,
+                    kind: "PEM public",
+                });
+            }
         };
         Ok(Self::make(None, alg, key))
     }
@@ -132,7 +139,9 @@ impl VerificationKey {
                 _ => return Err(KeyError::UnusableJwk("unsupported OKP curve")),
             },
             AlgorithmParameters::OctetKey(_) => {
-                return Err(KeyError::UnusableJwk("symmetric keys are not accepted from a JWKS"));
+                return Err(KeyError::UnusableJwk(
+                    "symmetric keys are not accepted from a JWKS",
+                ));
             }
             _ => return Err(KeyError::UnusableJwk("unsupported key type")),
         };
@@ -474,11 +483,15 @@ impl Jwks {
         JwksRefreshHandle(task)
     }
 
-    pub(crate) fn keys_for(&self, kid: Option<&str>, alg: Algorithm, out: &mut Vec<VerificationKey>) {
+    pub(crate) fn keys_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        out: &mut Vec<VerificationKey>,
+    ) {
         let now = Instant::now();
         for e in self.snapshot().iter() {
-            if e
-                .retired_at
+            if e.retired_at
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.inner.overlap)
             {
                 continue;

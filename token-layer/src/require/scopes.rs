@@ -16,7 +16,6 @@ struct Route {
     roles: Vec<String>,
 }
 
-
 impl ScopeTable {
     /// An empty table.
     pub fn new() -> Self {
@@ -24,7 +23,11 @@ impl ScopeTable {
     }
 
     /// Requests under `prefix` (any method) need every scope in `scopes`.
-    pub fn route<I: IntoIterator<Item = S>, S: Into<String>>(self, prefix: &str, scopes: I) -> Self {
+    pub fn route<I: IntoIterator<Item = S>, S: Into<String>>(
+        self,
+        prefix: &str,
+        scopes: I,
+    ) -> Self {
         self.push(None, prefix, scopes, Vec::<String>::new())
     }
 
@@ -39,7 +42,11 @@ impl ScopeTable {
     }
 
     /// Requests under `prefix` need every role in `roles` (the `roles` claim).
-    pub fn route_roles<I: IntoIterator<Item = S>, S: Into<String>>(self, prefix: &str, roles: I) -> Self {
+    pub fn route_roles<I: IntoIterator<Item = S>, S: Into<String>>(
+        self,
+        prefix: &str,
+        roles: I,
+    ) -> Self {
         self.push(None, prefix, Vec::<String>::new(), roles)
     }
 

@@ -6,9 +6,7 @@ use std::{
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower_service::Service;
 
-use super::{
-    RequireBearerLayer, ResponseFuture, ValidationError, VerifiedClaims, layer::Config,
-};
+use super::{RequireBearerLayer, ResponseFuture, ValidationError, VerifiedClaims, layer::Config};
 use crate::header::{AuthorizationError, parse_authorization, quote};
 
 /// The service made by [`RequireBearerLayer`].
@@ -63,7 +61,10 @@ pub(crate) enum Refusal {
     NoCredentials,
     InvalidRequest(AuthorizationError),
     InvalidToken(ValidationError),
-    InsufficientScope { needed: String, subject: Option<String> },
+    InsufficientScope {
+        needed: String,
+        subject: Option<String>,
+    },
 }
 
 impl Refusal {

@@ -135,7 +135,9 @@ pub enum BuildError {
     #[error("no issuer configured: call .issuer(..) (tokens from any issuer would be accepted)")]
     MissingIssuer,
     /// No audience configured: tokens for other services would be accepted.
-    #[error("no audience configured: call .audience(..) (tokens for other services would be accepted)")]
+    #[error(
+        "no audience configured: call .audience(..) (tokens for other services would be accepted)"
+    )]
     MissingAudience,
     /// No key and no JWKS configured.
     #[error("no verification key: add .key(..) or .jwks(..)")]
@@ -280,7 +282,9 @@ impl JwtValidatorBuilder {
                 ALL_ALGORITHMS
                     .iter()
                     .copied()
-                    .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+                    .filter(|a| {
+                        !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+                    })
                     .collect(),
             ),
             None if self.keys.is_empty() => return Err(BuildError::MissingKeys),
@@ -358,7 +362,8 @@ fn peek_header(token: &str) -> Result<(Algorithm, Option<String>), ValidationErr
         kid: Option<String>,
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ValidationError::Malformed);
     };
@@ -367,7 +372,11 @@ fn peek_header(token: &str) -> Result<(Algorithm, Option<String>), ValidationErr
         .map_err(|_| ValidationError::Malformed)?;
     let head: Head = serde_json::from_slice(&bytes).map_err(|_| ValidationError::Malformed)?;
     let alg: Algorithm = head.alg.parse().map_err(|_| {
-        let mut shown: String = head.alg.chars().filter(char::is_ascii_alphanumeric).collect();
+        let mut shown: String = head
+            .alg
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
         shown.truncate(16);
         ValidationError::AlgorithmNotAllowed(shown)
     })?;
@@ -418,7 +427,9 @@ impl JwtValidator {
         match &self.inner.keys {
             KeySource::Static(keys) => candidates.extend(
                 keys.iter()
-                    .filter(|k| k.algorithm() == alg && (kid.is_none() || k.kid() == kid.as_deref()))
+                    .filter(|k| {
+                        k.algorithm() == alg && (kid.is_none() || k.kid() == kid.as_deref())
+                    })
                     .cloned(),
             ),
             KeySource::Jwks(jwks) => jwks.keys_for(kid.as_deref(), alg, &mut candidates),
@@ -447,7 +458,10 @@ impl JwtValidator {
     /// # Errors
     ///
     /// [`ValidationError`] naming the failed check.
-    pub async fn validate_with_refetch(&self, token: &str) -> Result<VerifiedClaims, ValidationError> {
+    pub async fn validate_with_refetch(
+        &self,
+        token: &str,
+    ) -> Result<VerifiedClaims, ValidationError> {
         match self.validate(token) {
             Err(ValidationError::UnknownKey) => {
                 if let KeySource::Jwks(jwks) = &self.inner.keys
@@ -465,7 +479,11 @@ impl JwtValidator {
         matches!(&self.inner.keys, KeySource::Jwks(j) if j.may_refetch())
     }
 
-    fn post_checks(&self, claims: RawClaims, kid: Option<&str>) -> Result<VerifiedClaims, ValidationError> {
+    fn post_checks(
+        &self,
+        claims: RawClaims,
+        kid: Option<&str>,
+    ) -> Result<VerifiedClaims, ValidationError> {
         let now = now_unix();
         let leeway = self.inner.leeway;
         let exp = claims.exp().ok_or(ValidationError::MissingClaim("exp"))?;

@@ -13,9 +13,7 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The key or passphrase does not open this file.
-    #[error(
-        "cannot open secret store {path}: wrong key or passphrase (the file was not changed)"
-    )]
+    #[error("cannot open secret store {path}: wrong key or passphrase (the file was not changed)")]
     WrongKey {
         /// The store file.
         path: PathBuf,

@@ -205,11 +205,15 @@ fn derive(kind: &KeyKind, header: &KdfHeader) -> Result<Keyed, StoreError> {
         (KeyKind::Raw(key), _) => Zeroizing::new(***key),
         (KeyKind::Passphrase(pass, _), KdfHeader::Argon2id { params, salt }) => {
             params.check(false)?;
-            let argon_params =
-                argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(KEY_LEN))
-                    .map_err(|e| StoreError::Kdf {
-                        reason: e.to_string(),
-                    })?;
+            let argon_params = argon2::Params::new(
+                params.m_cost_kib,
+                params.t_cost,
+                params.p_cost,
+                Some(KEY_LEN),
+            )
+            .map_err(|e| StoreError::Kdf {
+                reason: e.to_string(),
+            })?;
             let argon = argon2::Argon2::new(
                 argon2::Algorithm::Argon2id,
                 argon2::Version::V0x13,
@@ -293,7 +297,8 @@ fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<Parsed<'a>, StoreError> {
             let Some(bytes) = data.get(pos..need) else {
                 return Err(truncated(need + CHECK_LEN + NONCE_LEN + TAG_LEN));
             };
-            let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+            let word =
+                |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
             let mut salt = [0u8; SALT_LEN];
             salt.copy_from_slice(&bytes[12..]);
             pos = need;
@@ -532,8 +537,7 @@ impl Inner {
         file.read_to_end(&mut data).map_err(self.io(&self.path))?;
         let parsed = parse(&self.path, &data)?;
         let keyed = self.keyed_for(&parsed.header)?;
-        if aws_lc_rs::constant_time::verify_slices_are_equal(&keyed.check, &parsed.check).is_err()
-        {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&keyed.check, &parsed.check).is_err() {
             return Err(StoreError::WrongKey {
                 path: self.path.clone(),
             });
@@ -710,4 +714,24 @@ impl SecretStore for FileStore {
         })
         .await
     }
+}
+
+/// Fuzz entry: parses a store file header and, as if it were decrypted, its entry table.
+pub(crate) fn fuzz_file(data: &[u8]) {
+    let path = Path::new("fuzz");
+    if let Ok(parsed) = parse(path, data) {
+        // A raw key opens only raw-key headers; the AEAD check must fail cleanly.
+        if let Ok(keyed) = derive(
+            &KeyKind::Raw(Arc::new(Zeroizing::new([0u8; KEY_LEN]))),
+            &KdfHeader::Raw,
+        ) {
+            let mut buf = parsed.sealed.to_vec();
+            let _ = aead_key(&keyed.key).open_in_place(
+                Nonce::assume_unique_for_key(parsed.nonce),
+                Aad::from(parsed.aad),
+                &mut buf,
+            );
+        }
+    }
+    let _ = decode_entries(path, data);
 }

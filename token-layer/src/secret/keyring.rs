@@ -88,11 +88,12 @@ impl KeyringStore {
     pub async fn file_key(&self, name: &str) -> Result<FileKey, StoreError> {
         let _guard = self.cas.lock().await;
         if let Some(existing) = self.get(name).await? {
-            let decoded = Zeroizing::new(STANDARD_NO_PAD.decode(existing.expose()).map_err(
-                |_| StoreError::InvalidValue {
-                    reason: "keyring entry is not a base64 file key",
-                },
-            )?);
+            let decoded =
+                Zeroizing::new(STANDARD_NO_PAD.decode(existing.expose()).map_err(|_| {
+                    StoreError::InvalidValue {
+                        reason: "keyring entry is not a base64 file key",
+                    }
+                })?);
             let key: [u8; 32] =
                 decoded
                     .as_slice()
@@ -145,10 +146,9 @@ fn entry(backend: Backend, service: &str, name: &str) -> Result<keyring::Entry, 
         }
         #[cfg(feature = "secret-service")]
         Backend::SecretService => {
-            let credential = keyring::secret_service::SsCredential::new_with_target(
-                None, service, name,
-            )
-            .map_err(keyring_err)?;
+            let credential =
+                keyring::secret_service::SsCredential::new_with_target(None, service, name)
+                    .map_err(keyring_err)?;
             Ok(keyring::Entry::new_with_credential(Box::new(credential)))
         }
     }

@@ -18,6 +18,7 @@ use std::{fmt, future::Future, sync::Arc};
 use secrecy::{ExposeSecret, SecretSlice};
 
 pub use self::error::StoreError;
+pub(crate) use self::file::fuzz_file;
 pub use self::file::{FileKey, FileStore, KdfParams};
 pub use self::keyring::KeyringStore;
 pub use self::memory::MemoryStore;
@@ -99,8 +100,11 @@ pub trait SecretStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<SecretValue>, StoreError>> + Send;
 
     /// Stores a secret, replacing any previous value.
-    fn put(&self, name: &str, value: SecretValue)
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put(
+        &self,
+        name: &str,
+        value: SecretValue,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Removes a secret; `Ok(false)` when it was not stored.
     fn delete(&self, name: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;

@@ -10,7 +10,9 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use self::error::{RefreshError, TokenError};
+pub(crate) use self::oauth::parse_token_response;
 pub use self::oauth::{ClientAuth, OAuthRefresh};
+pub(crate) use self::source::fuzz_record;
 pub use self::source::{TokenSource, TokenSourceBuilder};
 
 /// An access token: cheap to clone, zeroized when the last clone drops, redacted in `Debug`.
@@ -37,7 +39,11 @@ impl AccessToken {
 
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "AccessToken([REDACTED], generation: {})", self.generation)
+        write!(
+            f,
+            "AccessToken([REDACTED], generation: {})",
+            self.generation
+        )
     }
 }
 
@@ -116,7 +122,10 @@ impl TokenSet {
 impl fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSet")
-            .field("access_token", &self.access_token.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[REDACTED]"),
+            )
             .field(
                 "refresh_token",
                 &self.refresh_token.as_ref().map(|_| "[REDACTED]"),

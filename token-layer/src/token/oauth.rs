@@ -52,9 +52,10 @@ impl fmt::Debug for ClientAuth {
                 .field("client_id", client_id)
                 .field("client_secret", &"[REDACTED]")
                 .finish(),
-            Self::Public { client_id } => {
-                f.debug_struct("Public").field("client_id", client_id).finish()
-            }
+            Self::Public { client_id } => f
+                .debug_struct("Public")
+                .field("client_id", client_id)
+                .finish(),
         }
     }
 }
@@ -122,14 +123,18 @@ impl<S> OAuthRefresh<S> {
                 client_id,
                 client_secret,
             } => {
-                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let pair = Zeroizing::new(format!(
                     "{}:{}",
                     enc(client_id),
                     Zeroizing::new(enc(client_secret.expose_secret())).as_str()
                 ));
-                let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair.as_bytes())))
-                    .map_err(|_| RefreshError::InvalidResponse("client credentials not encodable"))?;
+                let mut value =
+                    HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair.as_bytes())))
+                        .map_err(|_| {
+                            RefreshError::InvalidResponse("client credentials not encodable")
+                        })?;
                 value.set_sensitive(true);
                 builder = builder.header(header::AUTHORIZATION, value);
             }
@@ -166,17 +171,32 @@ struct ErrorBody {
     error: String,
 }
 
-/// An OAuth error code is `1*( %x20-21 / %x23-5B / %x5D-7E )`; anything else is not echoed.
+/// Only the registered OAuth error codes are echoed (RFC 6749 §5.2): a hostile or buggy
+/// server could put anything, even the refresh token, in `error`.
 fn safe_error_code(code: &str) -> Option<String> {
-    (!code.is_empty()
-        && code.len() <= 64
-        && code
-            .bytes()
-            .all(|b| matches!(b, 0x20..=0x21 | 0x23..=0x5B | 0x5D..=0x7E)))
-    .then(|| code.to_owned())
+    const KNOWN: [&str; 8] = [
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+    ];
+    Some(
+        KNOWN
+            .iter()
+            .find(|k| **k == code)
+            .map_or("unregistered_error", |k| k)
+            .to_owned(),
+    )
 }
 
-pub(crate) fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, RefreshError> {
+pub(crate) fn parse_token_response(
+    status: u16,
+    body: &[u8],
+) -> Result<TokenResponse, RefreshError> {
     if status == 200 {
         // Never surface serde's message: it may quote the token.
         let parsed: SuccessBody = serde_json::from_slice(body)
@@ -189,13 +209,19 @@ pub(crate) fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResp
         }
         let expires_in = match parsed.expires_in {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(Duration::from_secs).ok_or(
-                RefreshError::InvalidResponse("expires_in is not a non-negative integer"),
-            )?.into(),
+            Some(serde_json::Value::Number(n)) => n
+                .as_u64()
+                .map(Duration::from_secs)
+                .ok_or(RefreshError::InvalidResponse(
+                    "expires_in is not a non-negative integer",
+                ))?
+                .into(),
             // Some servers send the number as a string.
-            Some(serde_json::Value::String(s)) => Some(Duration::from_secs(s.parse().map_err(
-                |_| RefreshError::InvalidResponse("expires_in is not a non-negative integer"),
-            )?)),
+            Some(serde_json::Value::String(s)) => {
+                Some(Duration::from_secs(s.parse().map_err(|_| {
+                    RefreshError::InvalidResponse("expires_in is not a non-negative integer")
+                })?))
+            }
             Some(_) => {
                 return Err(RefreshError::InvalidResponse(
                     "expires_in is not a non-negative integer",

@@ -12,6 +12,8 @@ use super::{AccessToken, Refresh, RefreshError, TokenError, TokenSet};
 use crate::secret::{SecretStore, SecretValue};
 
 const TARGET: &str = "portcullis::token";
+/// Lifetimes are capped so a hostile `expires_in` or record cannot overflow the clock.
+const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Holds an access token, its refresh token and expiry, persisted in a [`SecretStore`], and
 /// refreshes them ahead of expiry.
@@ -289,7 +291,10 @@ impl<R: Refresh, S: SecretStore> TokenSource<R, S> {
     pub async fn seed(&self, tokens: TokenSet) -> Result<(), TokenError> {
         let inner = &self.inner;
         let _guard = inner.refresh_lock.lock().await;
-        let lifetime = tokens.expires_in.unwrap_or(inner.config.default_lifetime);
+        let lifetime = tokens
+            .expires_in
+            .unwrap_or(inner.config.default_lifetime)
+            .min(MAX_LIFETIME);
         let record = encode_record(
             tokens.access_token.as_ref(),
             tokens.refresh_token.as_ref(),
@@ -440,7 +445,10 @@ impl<R: Refresh, S: SecretStore> Inner<R, S> {
         resp: super::TokenResponse,
         old_refresh: Arc<SecretString>,
     ) -> AccessToken {
-        let lifetime = resp.expires_in.unwrap_or(self.config.default_lifetime);
+        let lifetime = resp
+            .expires_in
+            .unwrap_or(self.config.default_lifetime)
+            .min(MAX_LIFETIME);
         let rotated = resp.refresh_token.is_some();
         let refresh = match resp.refresh_token {
             Some(rt) => rt,
@@ -467,9 +475,7 @@ impl<R: Refresh, S: SecretStore> Inner<R, S> {
                     },
                     "token record changed underneath (another process?): overwriting with the newest rotation"
                 );
-                self.store
-                    .put(&self.config.name, record.clone())
-                    .await
+                self.store.put(&self.config.name, record.clone()).await
             }
             Err(e) => Err(e),
         };
@@ -584,7 +590,7 @@ fn decode_record(name: &str, record: &SecretValue) -> Result<Decoded, TokenError
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let left = Duration::from_secs(parsed.expires_at.saturating_sub(now_unix));
+    let left = Duration::from_secs(parsed.expires_at.saturating_sub(now_unix)).min(MAX_LIFETIME);
     Ok(Decoded {
         access: parsed
             .access_token
@@ -596,4 +602,9 @@ fn decode_record(name: &str, record: &SecretValue) -> Result<Decoded, TokenError
             .map(SecretString::from),
         expires_at: Instant::now() + left,
     })
+}
+
+/// Fuzz entry: decodes a stored token record.
+pub(crate) fn fuzz_record(data: &[u8]) {
+    let _ = decode_record("fuzz", &SecretValue::new(data.to_vec()));
 }
