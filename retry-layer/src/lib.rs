@@ -10,7 +10,8 @@
 //!   `RateLimit-*` headers on servers, wait or fail fast on clients.
 //! - [`circuit_breaker::CircuitBreakerLayer`]: closed, open, half-open over a failure-rate
 //!   window that only transport failures and 5xx answers feed.
-//! - `redis` feature: [`redis::RedisRateLimiter`], a GCRA limiter shared by replicas.
+//! - `redis` feature: `redis::RedisRateLimiter` and `redis::RedisRateLimitLayer`, a GCRA
+//!   limiter in Redis (one atomic Lua script per check) shared by replicas.
 //!
 //! # Example
 //!
@@ -55,4 +56,6 @@
 pub mod circuit_breaker;
 pub mod classify;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod retry;

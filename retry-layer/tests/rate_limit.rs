@@ -154,7 +154,7 @@ async fn keyed_by_peer_ip_gives_each_client_its_own_bucket() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn spoofed_x_forwarded_for_from_untrusted_peer_is_ignored() {
-    let capture = common::Capture::default();
+    let capture = common::Capture;
     let _guard = capture.install();
     let (inner, calls) = ok_service();
     let extractor = PeerIp::new().trust_proxies(["10.0.0.0/8".parse::<IpNet>().unwrap()]);

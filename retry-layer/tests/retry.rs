@@ -302,7 +302,7 @@ fn post(body: &'static str) -> Request<Full<Bytes>> {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn post_without_idempotency_key_is_not_retried() {
-    let capture = common::Capture::default();
+    let capture = common::Capture;
     let _guard = capture.install();
     let (svc, calls) = scripted(vec![status(503), status(200)]);
     let res = ServiceBuilder::new()
@@ -362,7 +362,7 @@ async fn added_idempotency_key_makes_post_retryable_with_one_key() {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn streaming_body_is_sent_once_and_the_choice_is_logged() {
-    let capture = common::Capture::default();
+    let capture = common::Capture;
     let _guard = capture.install();
     let chunks: Vec<Result<http_body::Frame<Bytes>, Infallible>> = vec![
         Ok(http_body::Frame::data(Bytes::from_static(b"part1 "))),

@@ -28,3 +28,5 @@ pub use key::{
 pub use layer::{ClientRateLimitLayer, OnLimit, RateLimitLayer};
 pub use limiter::{Allowed, Denied, KeyedLimiter, TokioClock};
 pub use service::{ClientRateLimit, RateLimit};
+#[cfg(feature = "redis")]
+pub(crate) use service::{add_headers, allowed_headers};

@@ -1,7 +1,8 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, Once};
+use std::thread::ThreadId;
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -22,20 +23,42 @@ impl Captured {
     }
 }
 
+static EVENTS: Mutex<Vec<(ThreadId, Captured)>> = Mutex::new(Vec::new());
+
+/// Captures events of the current thread (tests run on current-thread runtimes).
+///
+/// One global subscriber collects every event with its thread, so the callsite interest is
+/// the same for all tests running in parallel (a thread-local subscriber would race).
 #[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<Captured>>>);
+pub struct Capture;
 
 impl Capture {
     pub fn events(&self) -> Vec<Captured> {
-        self.0.lock().unwrap().clone()
+        let me = std::thread::current().id();
+        EVENTS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t == me)
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
-    /// Installs the capture as the thread's default subscriber (current-thread runtimes).
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::registry().with(self.clone());
-        tracing::subscriber::set_default(subscriber)
+    /// Makes sure the global collector is installed.
+    pub fn install(&self) -> Installed {
+        static INIT: Once = Once::new();
+        INIT.call_once(|| {
+            let subscriber = tracing_subscriber::registry().with(Collector);
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        Installed
     }
 }
+
+/// Returned by [`Capture::install`] (nothing to undo).
+pub struct Installed;
+
+struct Collector;
 
 struct Visitor<'a>(&'a mut Vec<(String, String)>);
 
@@ -49,13 +72,16 @@ impl Visit for Visitor<'_> {
     }
 }
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Collector {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let mut fields = Vec::new();
         event.record(&mut Visitor(&mut fields));
-        self.0.lock().unwrap().push(Captured {
-            target: event.metadata().target().to_string(),
-            fields,
-        });
+        EVENTS.lock().unwrap().push((
+            std::thread::current().id(),
+            Captured {
+                target: event.metadata().target().to_string(),
+                fields,
+            },
+        ));
     }
 }
