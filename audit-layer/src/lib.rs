@@ -103,6 +103,7 @@
 
 pub mod audit;
 mod auditor;
+mod builder;
 mod collector;
 mod detector;
 pub mod enforce;
@@ -114,6 +115,7 @@ mod sink;
 
 pub use crate::audit::{Audit, AuditLayer};
 pub use crate::auditor::{Auditor, AuditorBuilder, BuildError};
+pub use crate::builder::ServiceBuilderExt;
 pub use crate::collector::AuditCollector;
 pub use crate::detector::{Anomaly, AnomalyKind, Detector, DetectorConfig, Subject, Threshold};
 pub use crate::enforce::{Enforce, EnforceLayer};
