@@ -50,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
         while let Ok((stream, _)) = listener.accept().await {
             let svc = ServiceBuilder::new()
                 .verify_signatures(verify.clone())
-                .service(app.clone());
+                .service(app);
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
