@@ -155,7 +155,7 @@ where
             let ctx = Ctx {
                 source,
                 token,
-                replay: empty.then(|| (inner, head)),
+                replay: empty.then_some((inner, head)),
             };
             return ResponseFuture::inner(fut, ctx);
         }

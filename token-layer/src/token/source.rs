@@ -242,16 +242,17 @@ impl<R: Refresh, S: SecretStore> TokenSource<R, S> {
             Usable::Fresh(t) => Some(t),
             Usable::Stale(t) => {
                 let backing_off = state.backoff_until.is_some_and(|u| Instant::now() < u);
-                if !state.background && !backing_off {
-                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                        state.background = true;
-                        drop(state);
-                        let inner = inner.clone();
-                        handle.spawn(async move {
-                            let _ = inner.refresh(false).await;
-                            inner.lock().background = false;
-                        });
-                    }
+                if !state.background
+                    && !backing_off
+                    && let Ok(handle) = tokio::runtime::Handle::try_current()
+                {
+                    state.background = true;
+                    drop(state);
+                    let inner = inner.clone();
+                    handle.spawn(async move {
+                        let _ = inner.refresh(false).await;
+                        inner.lock().background = false;
+                    });
                 }
                 Some(t)
             }
