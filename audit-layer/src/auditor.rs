@@ -12,7 +12,7 @@ use tracing::span;
 
 use crate::audit::AuditLayer;
 use crate::collector::AuditCollector;
-use crate::detector::{Anomaly, AnomalyKind, Detector, DetectorConfig};
+use crate::detector::{Anomaly, AnomalyKind, Detector, DetectorConfig, Parts};
 use crate::hook::AnomalyHook;
 use crate::record::{AuditEntry, AuditRecord, Side};
 use crate::schema::SecurityEvent;
@@ -130,9 +130,16 @@ impl Shared {
     /// Finishes a request: detector, sinks, `tracing` record, pending anomalies.
     pub(crate) fn finish(&self, record: &AuditRecord) {
         self.records.fetch_add(1, Ordering::Relaxed);
-        let anomalies = self
-            .detector
-            .observe_at(&record.to_event(), Instant::now(), true);
+        let anomalies = self.detector.observe_parts(
+            Parts {
+                failure: None,
+                status: record.status().map(u64::from),
+                user: record.user_id().filter(|s| !s.is_empty()),
+                client: record.client_address().filter(|s| !s.is_empty()),
+                server: record.server_address().filter(|s| !s.is_empty()),
+            },
+            Instant::now(),
+        );
         for sink in &self.sinks {
             sink.write(&AuditEntry::Request(record));
         }

@@ -54,6 +54,13 @@ where
         if !schema::is_security_target(meta.target()) {
             return;
         }
+        // Our own output: request records and anomalies (cheap check on static metadata).
+        if meta.target() == schema::AUDIT_TARGET
+            && (meta.fields().field(schema::field::REQUEST_EVENTS).is_some()
+                || meta.fields().field(schema::field::RULE_NAME).is_some())
+        {
+            return;
+        }
         let mut ev = SecurityEvent::new(meta.target()).with_level(*meta.level());
         event.record(&mut Visitor(&mut ev));
         if meta.target() == schema::AUDIT_TARGET

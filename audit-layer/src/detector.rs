@@ -417,20 +417,37 @@ impl Detector {
         now: Instant,
         count_status: bool,
     ) -> Vec<Anomaly> {
+        let status = if count_status {
+            event.status_code()
+        } else {
+            None
+        };
+        self.observe_parts(
+            Parts {
+                failure: classify_failure(event),
+                status,
+                user: event.user_id(),
+                client: event.client_address(),
+                server: event.server_address(),
+            },
+            now,
+        )
+    }
+
+    /// The detector's core, on borrowed parts (no event to build for request records).
+    pub(crate) fn observe_parts(&self, parts: Parts<'_>, now: Instant) -> Vec<Anomaly> {
         let mut signals: [bool; 7] = [false; 7];
-        if let Some(kind) = classify_failure(event) {
+        if let Some(kind) = parts.failure {
             signals[kind.index()] = true;
         }
-        if count_status {
-            match event.status_code() {
-                Some(401) => signals[AnomalyKind::UnauthorizedBurst.index()] = true,
-                Some(429) => signals[AnomalyKind::RateLimitedBurst.index()] = true,
-                _ => {}
-            }
+        match parts.status {
+            Some(401) => signals[AnomalyKind::UnauthorizedBurst.index()] = true,
+            Some(429) => signals[AnomalyKind::RateLimitedBurst.index()] = true,
+            _ => {}
         }
-        let user = event.user_id();
-        let client = event.client_address();
-        let peer = client.or(event.server_address());
+        let user = parts.user;
+        let client = parts.client;
+        let peer = client.or(parts.server);
         let any_signal = signals.iter().any(|s| *s);
         let track_address = user.is_some()
             && client.is_some()
@@ -487,7 +504,7 @@ impl Detector {
                     threshold,
                     user_id: user.map(str::to_owned),
                     client_address: client.map(str::to_owned),
-                    server_address: event.server_address().map(str::to_owned),
+                    server_address: parts.server.map(str::to_owned),
                     detected_at: OffsetDateTime::now_utc(),
                 });
             }
@@ -498,6 +515,16 @@ impl Detector {
     fn shard_of(&self, subject: &Subject) -> usize {
         (self.hasher.hash_one(subject) as usize) % SHARDS
     }
+}
+
+/// What the detector looks at in one event or record.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Parts<'a> {
+    pub(crate) failure: Option<AnomalyKind>,
+    pub(crate) status: Option<u64>,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) client: Option<&'a str>,
+    pub(crate) server: Option<&'a str>,
 }
 
 /// The signal a failed event carries, if any.

@@ -132,30 +132,6 @@ impl AuditRecord {
         }
         s
     }
-
-    /// The record as a flat event, as the detector sees it.
-    pub(crate) fn to_event(&self) -> SecurityEvent {
-        let mut ev = SecurityEvent::new(schema::AUDIT_TARGET)
-            .with(field::EVENT_KIND, kind::EVENT)
-            .with(field::EVENT_CATEGORY, category::WEB)
-            .with(field::EVENT_ACTION, action::HTTP_REQUEST)
-            .with(field::EVENT_OUTCOME, self.outcome())
-            .with(field::HTTP_REQUEST_METHOD, self.method.as_str())
-            .with(field::URL_PATH, self.path.as_str());
-        if let Some(s) = self.status {
-            ev = ev.with(field::HTTP_RESPONSE_STATUS_CODE, s);
-        }
-        if let Some(v) = &self.user_id {
-            ev = ev.with(field::USER_ID, v.as_str());
-        }
-        if let Some(v) = &self.client_address {
-            ev = ev.with(field::CLIENT_ADDRESS, v.as_str());
-        }
-        if let Some(v) = &self.server_address {
-            ev = ev.with(field::SERVER_ADDRESS, v.as_str());
-        }
-        ev
-    }
 }
 
 impl fmt::Display for AuditRecord {
