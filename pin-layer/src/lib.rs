@@ -37,6 +37,8 @@
 //! Only TLS 1.2 and 1.3 with rustls' AEAD suites are offered, and only `https://` is dialled.
 
 mod client;
+#[doc(hidden)]
+pub mod fuzz;
 mod layer;
 mod observe;
 mod pin;

@@ -852,3 +852,45 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn revoked_certificate_is_refused_when_crls_are_given() {
+    let pki = TestPki::new();
+    let leaf = pki
+        .intermediate
+        .issue(&LeafSpec::server().with_serial(0x1234_5678));
+    let server = TestServer::https(server_config(pki.chain_for(&leaf), leaf.key_der())).await;
+    let pins = [leaf.spki_pin(), unused_pin()];
+    let build = |crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>| {
+        PinnedTls::builder(policy("localhost", &pins))
+            .root_certificates([pki.root.cert()])
+            .unwrap()
+            .crls(crls)
+            .build()
+            .unwrap()
+    };
+    // A CRL that revokes another serial: accepted.
+    // Every certificate of the chain but the root needs a CRL from its issuer.
+    let ok = build(vec![pki.intermediate.crl(&[1]), pki.root.crl(&[])]);
+    // Without the root's CRL, the intermediate's status is unknown: refused by default.
+    let unknown = build(vec![pki.intermediate.crl(&[1])]);
+    let err = get(&client(&unknown), &server.url("/")).await.unwrap_err();
+    assert!(
+        matches!(cert_error(&err), CertificateError::UnknownRevocationStatus),
+        "{err:?}"
+    );
+    assert_eq!(
+        get(&client(&ok), &server.url("/")).await.unwrap().status(),
+        200
+    );
+    // A CRL that revokes this leaf: refused, even though its key is pinned.
+    let revoked = build(vec![
+        pki.intermediate.crl(&[0x1234_5678]),
+        pki.root.crl(&[]),
+    ]);
+    let err = get(&client(&revoked), &server.url("/")).await.unwrap_err();
+    assert!(
+        matches!(cert_error(&err), CertificateError::Revoked),
+        "{err:?}"
+    );
+}

@@ -225,6 +225,32 @@ impl Authority {
         }
     }
 
+    /// A CRL signed by this authority revoking `serials`, valid from an hour ago for a week.
+    pub fn crl(&self, serials: &[u64]) -> rustls_pki_types::CertificateRevocationListDer<'static> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&s.to_be_bytes()),
+                    revocation_time: now - Duration::minutes(30),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("sign CRL")
+            .der()
+            .clone()
+    }
+
     /// Issues a server leaf for [`LOCAL_NAMES`].
     pub fn issue_leaf(&self) -> Issued {
         self.issue(&LeafSpec::server())
@@ -246,6 +272,8 @@ pub struct LeafSpec {
     pub alg: KeyAlg,
     /// Extended key usage: server auth (`true`) or client auth (`false`).
     pub server: bool,
+    /// The serial number (random when `None`).
+    pub serial: Option<u64>,
 }
 
 impl LeafSpec {
@@ -259,6 +287,7 @@ impl LeafSpec {
             not_after: now + Duration::days(90),
             alg: KeyAlg::EcdsaP256,
             server: true,
+            serial: None,
         }
     }
 
@@ -285,6 +314,12 @@ impl LeafSpec {
         let now = OffsetDateTime::now_utc();
         self.not_before = now + Duration::days(1);
         self.not_after = now + Duration::days(30);
+        self
+    }
+
+    /// This spec, with serial number `serial`.
+    pub fn with_serial(mut self, serial: u64) -> Self {
+        self.serial = Some(serial);
         self
     }
 
@@ -321,6 +356,9 @@ impl LeafSpec {
         params.not_before = self.not_before;
         params.not_after = self.not_after;
         params.use_authority_key_identifier_extension = true;
+        params.serial_number = self
+            .serial
+            .map(|s| rcgen::SerialNumber::from_slice(&s.to_be_bytes()));
         params
     }
 }
