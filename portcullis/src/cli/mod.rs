@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod pin_cmd;
 mod policy_cmd;
 mod probe;
+mod secret;
 
 /// Exit code for usage errors (BSD `EX_USAGE`).
 pub(crate) const EXIT_USAGE: u8 = 64;
@@ -28,6 +29,8 @@ enum Command {
     /// Pin policy tools.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Seed, read and rotate secrets in an encrypted file store.
+    Secret(secret::SecretArgs),
 }
 
 /// Prints a one-line usage error and returns exit code 64.
@@ -49,5 +52,6 @@ pub(crate) fn main() -> ExitCode {
         Command::Pin(args) => pin_cmd::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Secret(args) => secret::run(args),
     }
 }
