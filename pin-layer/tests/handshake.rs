@@ -894,3 +894,52 @@ async fn revoked_certificate_is_refused_when_crls_are_given() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn cross_signed_chain_pin_matches_on_any_valid_path() {
+    // A new root, cross-signed by the old one: servers send leaf, intermediate and the
+    // cross-certificate; clients may trust either root.
+    let old_root = Authority::root("Old Root");
+    let new_root = Authority::root("New Root");
+    let issuing = new_root.intermediate("Issuing CA");
+    let leaf = issuing.issue_leaf();
+    let cross = old_root.cross_sign(&new_root);
+    let chain = vec![leaf.cert.clone(), issuing.cert(), cross];
+    let server = TestServer::https(server_config(chain, leaf.key_der())).await;
+
+    for (trusted, pinned, what) in [
+        // The client trusts both: the first path found (to the new root) lacks the old root's
+        // pin, so path building goes on and finds the path through the cross-certificate.
+        (
+            vec![new_root.cert(), old_root.cert()],
+            old_root.spki_pin(),
+            "old root",
+        ),
+        (
+            vec![new_root.cert(), old_root.cert()],
+            new_root.spki_pin(),
+            "new root",
+        ),
+        // An old client that only trusts the old root.
+        (vec![old_root.cert()], old_root.spki_pin(), "old root only"),
+    ] {
+        let tls = PinnedTls::builder(policy("localhost", &[pinned.clone(), unused_pin()]))
+            .root_certificates(trusted)
+            .unwrap()
+            .build()
+            .unwrap();
+        let res = get(&client(&tls), &server.url("/"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        assert_eq!(matched(&res), (pin(&pinned), Position::Root), "{what}");
+    }
+
+    // A client that only trusts the new root cannot satisfy a pin on the old one.
+    let tls = PinnedTls::builder(policy("localhost", &[old_root.spki_pin(), unused_pin()]))
+        .root_certificates([new_root.cert()])
+        .unwrap()
+        .build()
+        .unwrap();
+    let err = get(&client(&tls), &server.url("/")).await.unwrap_err();
+    pin_failure(&err);
+}
