@@ -85,3 +85,12 @@ async fn busy_keys_survive_eviction_and_keep_their_state() {
         "but only one: the state survived the sweep"
     );
 }
+
+#[test]
+fn a_huge_quota_does_not_panic() {
+    // 4 billion per second rounds governor's interval to zero nanoseconds.
+    let limiter: KeyedLimiter<u8> = KeyedLimiter::new(Quota::per_second(NonZeroU32::MAX));
+    for _ in 0..1000 {
+        assert!(limiter.check(&1).is_ok());
+    }
+}

@@ -162,6 +162,14 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// `sweep_every` (default: the burst refill time, at least one second).
     pub fn with_bounds(quota: Quota, max_keys: usize, sweep_every: Option<Duration>) -> Self {
         let max_keys = max_keys.max(1);
+        // A burst over 10^9 per second rounds governor's interval down to zero, which its
+        // arithmetic divides by: clamp to one nanosecond.
+        let quota = if quota.replenish_interval().is_zero() {
+            Quota::with_period(Duration::from_nanos(1))
+                .map_or(quota, |q| q.allow_burst(quota.burst_size()))
+        } else {
+            quota
+        };
         let store = BoundedStore {
             map: DashMap::new(),
             max_keys,
