@@ -18,7 +18,7 @@ impl fmt::Display for CircuitOpen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "circuit open after repeated upstream failures: call not sent, next probe in {:?}",
+            "circuit open after repeated upstream failures: call not sent, next probe in {:.1?}",
             self.retry_in
         )
     }

@@ -24,7 +24,7 @@ impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rate limit exceeded (burst of {}): request not sent, next one allowed in {:?}",
+            "rate limit exceeded (burst of {}): request not sent, next one allowed in {:.1?}",
             self.limit, self.retry_after
         )
     }
