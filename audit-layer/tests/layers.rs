@@ -622,3 +622,32 @@ async fn a_flood_of_identities_keeps_memory_bounded() {
     assert!(tracked <= capacity, "tracked {tracked} > {capacity}");
     assert!(tracked > 1_000, "tracked {tracked}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_dropped_before_its_response_is_still_recorded() {
+    let sink = MemorySink::new(100);
+    let auditor = Auditor::builder().sink(sink.clone()).build().unwrap();
+    let (_captured, _guard) = install(&auditor);
+    let slow = service_fn(|_req: Request<String>| async {
+        tracing::info!(
+            target: "portcullis::token",
+            { "event.action" = "token.validate", "event.outcome" = "success", "user.id" = "frank" },
+            "accepted"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, Infallible>(Response::new(String::new()))
+    });
+    let svc = ServiceBuilder::new()
+        .layer(auditor.server_layer())
+        .service(slow);
+    let timed_out = tokio::time::timeout(Duration::from_secs(2), svc.oneshot(get("/slow"))).await;
+    assert!(timed_out.is_err());
+    let records = sink.with_action("http.request");
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r["event.outcome"], "failure");
+    assert_eq!(r["event.reason"], "request cancelled before a response");
+    assert_eq!(r["user.id"], "frank");
+    assert_eq!(r["event.duration"], 2_000_000_000u64);
+    assert_eq!(r["portcullis.events"][0]["event.action"], "token.validate");
+}

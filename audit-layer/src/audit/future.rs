@@ -57,13 +57,75 @@ pub(crate) struct Pending {
     pub(crate) slot: Option<RequestSlot>,
 }
 
+enum Outcome<'a> {
+    Response {
+        status: u16,
+        extensions: &'a http::Extensions,
+    },
+    Error(String),
+}
+
+impl Pending {
+    fn finish(mut self, outcome: Outcome<'_>) {
+        let duration = self.start.elapsed();
+        let events = self
+            .slot
+            .as_mut()
+            .map(RequestSlot::take)
+            .unwrap_or_default();
+        let (status, error, response_identity) = match outcome {
+            Outcome::Response { status, extensions } => (
+                Some(status),
+                None,
+                self.config.identity.identity(extensions),
+            ),
+            Outcome::Error(msg) => (None, Some(msg), None),
+        };
+        let user_id = self.identity.take().or(response_identity).or_else(|| {
+            events
+                .events
+                .iter()
+                .find_map(|e| e.user_id().map(str::to_owned))
+        });
+        let record = AuditRecord {
+            timestamp: self.timestamp,
+            side: self.config.side,
+            method: self.method,
+            path: self.path,
+            server_address: self.server_address,
+            client_address: self.client_address,
+            user_id,
+            status,
+            error,
+            duration,
+            events: events.events,
+            dropped_events: events.dropped,
+        };
+        self.config.auditor.shared.finish(&record);
+    }
+}
+
+/// Produces a record for a request dropped before its response (a client that went away,
+/// a timeout above the audit layer), so that no audited request goes unrecorded.
+pub(crate) struct PendingGuard(pub(crate) Option<Pending>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish(Outcome::Error(String::from(
+                "request cancelled before a response",
+            )));
+        }
+    }
+}
+
 pin_project! {
     /// Response future of [`Audit`](super::Audit).
     pub struct ResponseFuture<F> {
         #[pin]
         pub(crate) inner: F,
         pub(crate) span: tracing::Span,
-        pub(crate) pending: Option<Pending>,
+        pub(crate) pending: PendingGuard,
     }
 }
 
@@ -86,42 +148,19 @@ where
             let _entered = this.span.enter();
             ready!(this.inner.poll(cx))
         };
-        if let Some(mut p) = this.pending.take() {
-            let duration = p.start.elapsed();
-            let events = p.slot.as_mut().map(RequestSlot::take).unwrap_or_default();
-            let (status, error, response_identity) = match &result {
-                Ok(res) => (
-                    Some(res.status().as_u16()),
-                    None,
-                    p.config.identity.identity(res.extensions()),
-                ),
+        if let Some(p) = this.pending.0.take() {
+            let outcome = match &result {
+                Ok(res) => Outcome::Response {
+                    status: res.status().as_u16(),
+                    extensions: res.extensions(),
+                },
                 Err(e) => {
                     let mut msg = e.to_string();
                     truncate(&mut msg, MAX_VALUE_LEN);
-                    (None, Some(msg), None)
+                    Outcome::Error(msg)
                 }
             };
-            let user_id = p.identity.take().or(response_identity).or_else(|| {
-                events
-                    .events
-                    .iter()
-                    .find_map(|e| e.user_id().map(str::to_owned))
-            });
-            let record = AuditRecord {
-                timestamp: p.timestamp,
-                side: p.config.side,
-                method: p.method,
-                path: p.path,
-                server_address: p.server_address,
-                client_address: p.client_address,
-                user_id,
-                status,
-                error,
-                duration,
-                events: events.events,
-                dropped_events: events.dropped,
-            };
-            p.config.auditor.shared.finish(&record);
+            p.finish(outcome);
         }
         Poll::Ready(result)
     }

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::future::{Pending, RequestSlot, ResponseFuture};
+use super::future::{Pending, PendingGuard, RequestSlot, ResponseFuture};
 use super::layer::{AuditLayer, Config};
 use crate::auditor::Auditor;
 use crate::record::Side;
@@ -133,7 +133,7 @@ where
         ResponseFuture {
             inner,
             span,
-            pending: Some(Pending {
+            pending: PendingGuard(Some(Pending {
                 config: config.clone(),
                 start,
                 timestamp,
@@ -143,7 +143,7 @@ where
                 client_address,
                 identity,
                 slot,
-            }),
+            })),
         }
     }
 }
