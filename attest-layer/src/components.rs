@@ -390,3 +390,85 @@ impl<'a> RequestParts<'a> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(c: &Component, uri: &str, headers: &[(&str, &str)]) -> Result<String, HeaderError> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        c.value(&RequestParts::new(&Method::GET, &uri, &h, "https"))
+    }
+
+    #[test]
+    fn authority_is_lowercased_without_default_port() {
+        let c = Component::new("@authority").unwrap();
+        assert_eq!(
+            value(&c, "https://WWW.Example.COM:443/", &[]).unwrap(),
+            "www.example.com"
+        );
+        assert_eq!(
+            value(&c, "http://example.com:8080/", &[]).unwrap(),
+            "example.com:8080"
+        );
+        assert_eq!(
+            value(&c, "/x", &[("host", "Example.com")]).unwrap(),
+            "example.com"
+        );
+        assert!(matches!(
+            value(&c, "/x", &[]),
+            Err(HeaderError::MissingComponent(_))
+        ));
+    }
+
+    #[test]
+    fn query_and_query_param_follow_rfc_9421_2_2_7_and_2_2_8() {
+        let q = Component::new("@query").unwrap();
+        assert_eq!(value(&q, "https://e.com/p", &[]).unwrap(), "?");
+        assert_eq!(
+            value(&q, "https://e.com/p?param=value&foo=bar&baz=bat%2Dman", &[]).unwrap(),
+            "?param=value&foo=bar&baz=bat%2Dman"
+        );
+        let uri = "https://e.com/parameters?var=this%20is%20a%20big%0Amultiline%20value&bar=with+plus+whitespace&fa%C3%A7ade%22%3A%20=something";
+        let p = |n: &str| value(&Component::query_param(n).unwrap(), uri, &[]);
+        assert_eq!(p("var").unwrap(), "this%20is%20a%20big%0Amultiline%20value");
+        assert_eq!(p("bar").unwrap(), "with%20plus%20whitespace");
+        assert_eq!(p("fa%C3%A7ade%22%3A%20").unwrap(), "something");
+        assert!(matches!(p("nope"), Err(HeaderError::MissingComponent(_))));
+        let twice = value(
+            &Component::query_param("a").unwrap(),
+            "https://e.com/?a=1&a=2",
+            &[],
+        );
+        assert!(matches!(twice, Err(HeaderError::Component { .. })));
+    }
+
+    #[test]
+    fn fields_are_combined_trimmed_and_can_be_wrapped_as_byte_sequences() {
+        let c = Component::new("x-list").unwrap();
+        let h = [("x-list", "  a, b "), ("x-list", "c")];
+        assert_eq!(value(&c, "https://e.com/", &h).unwrap(), "a, b, c");
+        let bs = Component::new("x-list").unwrap().byte_sequence().unwrap();
+        assert_eq!(bs.identifier(), "\"x-list\";bs");
+        assert_eq!(
+            value(&bs, "https://e.com/", &h).unwrap(),
+            ":YSwgYg==:, :Yw==:"
+        );
+    }
+
+    #[test]
+    fn invalid_identifiers_are_refused() {
+        assert!(Component::new("Content-Type").is_err());
+        assert!(Component::new("@status").is_err());
+        assert!(Component::new("@query-param").is_err());
+        assert!(Component::new("").is_err());
+        assert!(Component::new("@method").unwrap().byte_sequence().is_err());
+    }
+}

@@ -154,3 +154,46 @@ impl ExpectedDigest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_9530_examples() {
+        // RFC 9530 §2 / RFC 9421 B.2: the digests of `{"hello": "world"}`.
+        let body = b"{\"hello\": \"world\"}";
+        assert_eq!(
+            content_digest(DigestAlgorithm::Sha256, body),
+            "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"
+        );
+        assert_eq!(
+            content_digest(DigestAlgorithm::Sha512, body),
+            "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:"
+        );
+    }
+
+    #[test]
+    fn expected_digest_needs_every_supported_member_to_match() {
+        let body = b"abc";
+        let field = format!(
+            "{}, md5=:AAAA:",
+            content_digest(DigestAlgorithm::Sha256, body)
+        );
+        let exp = ExpectedDigest::from_field(&[&field]).unwrap().unwrap();
+        let mut h = exp.hasher();
+        h.update(b"ab");
+        h.update(b"c");
+        assert!(exp.matches(&h.finish()));
+        let mut h = exp.hasher();
+        h.update(b"abd");
+        assert!(!exp.matches(&h.finish()));
+        assert!(
+            ExpectedDigest::from_field(&["md5=:AAAA:"])
+                .unwrap()
+                .is_none(),
+            "no supported algorithm"
+        );
+        assert!(ExpectedDigest::from_field(&["sha-256=abc"]).is_err());
+    }
+}

@@ -175,3 +175,25 @@ impl VerifiedSignature {
         self.tag.as_deref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_stable_snake_case_with_fitting_statuses() {
+        assert_eq!(Reason::Replayed.as_str(), "replayed");
+        assert_eq!(Reason::BodyTooLarge.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            Reason::ReplayCacheUnavailable.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(Reason::InvalidSignature.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            Reason::MalformedSignatureInput
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+        );
+    }
+}

@@ -1,7 +1,12 @@
 //! Helpers shared by the integration tests: a transport that captures signed requests and a
 //! verifying server whose handler echoes the verified key id.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    reason = "shared by several test crates; each uses a subset"
+)]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
