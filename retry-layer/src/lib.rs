@@ -53,9 +53,12 @@
 //! # }
 //! ```
 
+mod builder;
 pub mod circuit_breaker;
 pub mod classify;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod retry;
+
+pub use builder::ServiceBuilderExt;
