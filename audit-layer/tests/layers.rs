@@ -455,7 +455,7 @@ async fn throttling_lets_one_request_through_per_interval_with_retry_after() {
         .on_anomaly(penalties.clone())
         .build()
         .unwrap();
-    let (_captured, _guard) = install(&auditor);
+    let (captured, _guard) = install(&auditor);
     let reached = Arc::new(AtomicUsize::new(0));
     let svc = server_stack(&auditor, &penalties, reached.clone());
 
@@ -467,8 +467,14 @@ async fn throttling_lets_one_request_through_per_interval_with_retry_after() {
             "refused request signature"
         );
     }
-    auditor.flush();
+    // Raised inside the dispatcher: hooks ran at once, the tracing event waits for a flush.
     assert_eq!(auditor.anomalies_raised(), 1);
+    assert!(captured.with_action("anomaly.detected").is_empty());
+    auditor.flush();
+    let traced = captured.with_action("anomaly.detected");
+    assert_eq!(traced.len(), 1);
+    assert_eq!(traced[0]["rule.name"], "replays");
+    assert_eq!(traced[0]["user.id"], "eve");
 
     let ok = svc.clone().oneshot(as_user(get("/"), "eve")).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
