@@ -22,6 +22,9 @@ pub(crate) struct SignConfig {
     pub(crate) max_body: usize,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) default_scheme: String,
+    /// The default components, parsed once: `@method @authority @path @query`, then
+    /// `content-digest`, `content-type`, `authorization` (used when applicable).
+    pub(crate) defaults: Arc<[Component]>,
 }
 
 impl std::fmt::Debug for SignConfig {
@@ -67,6 +70,18 @@ impl SignLayer {
                 max_body: 1024 * 1024,
                 clock: Arc::new(SystemClock),
                 default_scheme: "https".into(),
+                defaults: [
+                    "@method",
+                    "@authority",
+                    "@path",
+                    "@query",
+                    "content-digest",
+                    "content-type",
+                    "authorization",
+                ]
+                .iter()
+                .filter_map(|n| Component::new(n).ok())
+                .collect(),
             }),
         }
     }

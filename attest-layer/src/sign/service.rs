@@ -103,19 +103,20 @@ pub(crate) fn sign_parts(
     let components = match &config.components {
         Some(c) => c.clone(),
         None => {
-            let mut c = Vec::with_capacity(7);
-            for name in ["@method", "@authority", "@path", "@query"] {
-                c.push(Component::new(name)?);
-            }
-            if body_len > 0 {
-                c.push(Component::new("content-digest")?);
-            }
-            if parts.headers.contains_key(CONTENT_TYPE) {
-                c.push(Component::new("content-type")?);
-            }
-            if parts.headers.contains_key(AUTHORIZATION) {
-                c.push(Component::new("authorization")?);
-            }
+            let d = &config.defaults;
+            let mut c: Vec<Component> = d.iter().take(4).cloned().collect();
+            let wanted = [
+                body_len > 0,
+                parts.headers.contains_key(CONTENT_TYPE),
+                parts.headers.contains_key(AUTHORIZATION),
+            ];
+            c.extend(
+                d.iter()
+                    .skip(4)
+                    .zip(wanted)
+                    .filter(|(_, w)| *w)
+                    .map(|(comp, _)| comp.clone()),
+            );
             c
         }
     };
