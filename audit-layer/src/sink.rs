@@ -368,6 +368,45 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writers_never_interleave_lines() {
+        let dir = temp_dir("concurrent");
+        let path = dir.join("audit.jsonl");
+        let sink = JsonLinesFile::builder(&path)
+            .max_bytes(16 * 1024)
+            .max_files(100)
+            .open()
+            .unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let sink = sink.clone();
+                s.spawn(move || {
+                    for i in 0..500 {
+                        sink.write(&AuditEntry::Event(&event(t * 1000 + i)));
+                    }
+                });
+            }
+        });
+        assert_eq!(sink.lines_written(), 2000);
+        let mut count = 0;
+        for n in 0..=100 {
+            let p = if n == 0 {
+                path.clone()
+            } else {
+                sink.rotated_path(n)
+            };
+            let Ok(text) = std::fs::read_to_string(&p) else {
+                continue;
+            };
+            for line in text.lines() {
+                serde_json::from_str::<serde_json::Value>(line).unwrap();
+                count += 1;
+            }
+        }
+        assert_eq!(count, 2000);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn appends_to_an_existing_file() {
         let dir = temp_dir("append");
         let path = dir.join("audit.jsonl");
