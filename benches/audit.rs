@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
-use portcullis_audit::{Auditor, DetectorConfig, EnforceLayer, PenaltyBox, SecurityEvent, schema};
+use portcullis_audit::{
+    Auditor, DetectorConfig, EnforceLayer, JsonLinesFile, PenaltyBox, SecurityEvent, schema,
+};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -108,6 +110,28 @@ fn bench_request(c: &mut Criterion) {
         group.bench_function("collector/audit+enforce", |b| {
             b.iter_custom(|n| run(&rt, &mut enforced, n))
         });
+    }
+
+    // The same with every record written to a JSON lines file (rotating at 64 MiB).
+    {
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-audit-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = JsonLinesFile::builder(dir.join("audit.jsonl"))
+            .max_bytes(64 << 20)
+            .max_files(1)
+            .open()
+            .expect("audit log");
+        let auditor = Auditor::builder().sink(file).build().expect("auditor");
+        let subscriber = tracing_subscriber::registry().with(auditor.collector());
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut audited = ServiceBuilder::new()
+            .layer(auditor.server_layer())
+            .service_fn(handler);
+        group.bench_function("collector/audit+jsonl file", |b| {
+            b.iter_custom(|n| run(&rt, &mut audited, n))
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
     group.finish();
 }
