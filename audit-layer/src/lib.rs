@@ -74,8 +74,20 @@
 //! | `url.path` | path only, never the query |
 //! | `http.response.status_code` | HTTP status |
 //!
-//! **No secret, ever, in any field**: no token, key, signature value, cookie or query
-//! string. As a second line of defence the [collector](AuditCollector) keeps only fields
+//! What the [`Detector`] counts (per identity `user.id` and per peer, `client.address` or
+//! else `server.address`):
+//!
+//! | emit | counted as |
+//! |---|---|
+//! | `event.outcome = "failure"` with `event.action = "tls.pin.check"` (or `tls.pin.*`, `pin.verify`, or a reason starting with `pin_mismatch`) | pin violation |
+//! | failure of `signature.verify` | signature failure |
+//! | any failure with `event.reason = "replayed"` (or `replay`, `*_replayed`) | replay |
+//! | any failure with `event.reason = "token_reuse"`, or `token.refresh` failing with `invalid_grant` | token reuse |
+//! | `http.response.status_code` 401 / 429 (taken from the request record when inside an audited request) | 401 / 429 burst |
+//! | a `client.address` not among the identity's recent ones (after its first) | new client address |
+//!
+//! **No secret, ever, in any field** (nor in the message): no token, key, signature value,
+//! cookie or query string. As a second line of defence the [collector](AuditCollector) keeps only fields
 //! in the schema's namespaces ([`schema::field::KEPT_PREFIXES`]) and cuts long values.
 //!
 //! # The pieces
