@@ -4,6 +4,10 @@
 //! `Content-Digest`, builds the signature base over the configured components and adds
 //! `Signature-Input` and `Signature`. Each call is signed afresh, so placed below a retry
 //! layer every retry carries a new `created` and `nonce`.
+//!
+//! The inner service (a hyper client built for `Full<Bytes>`) receives
+//! `Request<Full<Bytes>>`; a body over the cap fails the call with
+//! [`SignError::BodyTooLarge`](crate::SignError::BodyTooLarge) and nothing is sent.
 
 mod future;
 mod layer;

@@ -8,6 +8,9 @@
 //! On success a [`VerifiedSignature`] goes into the request extensions; on failure the
 //! client gets `401` (or `413`/`503`) with a stable reason in `portcullis-reason` and an
 //! `Accept-Signature` field saying what is expected.
+//!
+//! The inner service receives `Request<Full<Bytes>>`: the body has been read (up to the
+//! cap) and checked before the service runs, so it never acts on unverified bytes.
 
 mod future;
 mod layer;
