@@ -402,3 +402,67 @@ fn hmac_keys_cannot_make_dpop_proofs() {
     let k = SigningKey::hmac_sha256("h", &secrecy::SecretSlice::from(vec![1u8; 32])).unwrap();
     assert!(DpopLayer::new(k).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_client_and_server_agree_on_rotating_server_nonces() {
+    use portcullis_attest::TokioClock;
+    use portcullis_attest::dpop::DpopNonces;
+    use std::time::Duration;
+
+    let clock = TokioClock::starting_at(NOW);
+    let nonces = DpopNonces::new(
+        &secrecy::SecretSlice::from(vec![9u8; 32]),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let server = VerifyDpopLayer::builder()
+        .clock(clock)
+        .require_nonce(nonces)
+        .build()
+        .layer(app());
+    let key = SigningKey::generate_ed25519("d").unwrap();
+    let layer = DpopLayer::new(key).unwrap().clock(clock);
+    let mut client = layer.layer(server.clone());
+
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get("https://a.example/x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "first proof refused with use_dpop_nonce, retried with it"
+    );
+    let first = layer.nonce().expect("nonce learnt");
+
+    // Two windows later the nonce is stale: the server asks again, the client follows once.
+    tokio::time::advance(Duration::from_secs(150)).await;
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get("https://a.example/x"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_ne!(layer.nonce().unwrap(), first, "rotated");
+
+    // A proof without the nonce, sent directly, is refused with the challenge.
+    let bare = DpopLayer::new(SigningKey::generate_ed25519("e").unwrap())
+        .unwrap()
+        .clock(clock);
+    let req = proof_for(&bare, get("https://a.example/x")).await;
+    let res = server.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["portcullis-reason"], "use_dpop_nonce");
+    assert!(
+        res.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("use_dpop_nonce")
+    );
+    assert!(res.headers().contains_key("dpop-nonce"));
+}

@@ -12,8 +12,8 @@ mod server;
 
 pub use self::client::{DpopLayer, DpopResponseFuture, DpopService};
 pub use self::server::{
-    DpopReason, ExpectedJkt, VerifiedDpop, VerifyDpop, VerifyDpopFuture, VerifyDpopLayer,
-    VerifyDpopLayerBuilder,
+    DpopNonces, DpopReason, ExpectedJkt, NonceSource, VerifiedDpop, VerifyDpop, VerifyDpopFuture,
+    VerifyDpopLayer, VerifyDpopLayerBuilder,
 };
 
 use aws_lc_rs::digest;

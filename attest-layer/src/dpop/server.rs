@@ -58,6 +58,76 @@ where
     }
 }
 
+/// Server-issued DPoP nonces (RFC 9449 §9): what to hand out and what to accept.
+///
+/// [`DpopNonces`] is the built-in source: an HMAC of the current time window, so every
+/// replica with the same secret agrees without shared state.
+pub trait NonceSource: Send + Sync + 'static {
+    /// The nonce to send in `DPoP-Nonce` now.
+    fn current(&self, now_unix: u64) -> String;
+    /// Whether `nonce` is still accepted.
+    fn is_valid(&self, nonce: &str, now_unix: u64) -> bool;
+}
+
+/// Stateless rotating nonces: `base64url(HMAC-SHA256(secret, window))`, accepted during
+/// the current and the previous window.
+pub struct DpopNonces {
+    key: aws_lc_rs::hmac::Key,
+    period: u64,
+}
+
+impl fmt::Debug for DpopNonces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopNonces")
+            .field("period", &self.period)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+impl DpopNonces {
+    /// Nonces from a secret of at least 32 bytes, rotating every `period`.
+    ///
+    /// # Errors
+    /// [`KeyError::ShortSecret`](crate::KeyError::ShortSecret) for a shorter secret.
+    pub fn new(
+        secret: &secrecy::SecretSlice<u8>,
+        period: Duration,
+    ) -> Result<Self, crate::KeyError> {
+        use secrecy::ExposeSecret;
+        let bytes = secret.expose_secret();
+        if bytes.len() < 32 {
+            return Err(crate::KeyError::ShortSecret(bytes.len()));
+        }
+        Ok(Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
+            period: period.as_secs().max(1),
+        })
+    }
+
+    fn for_window(&self, window: u64) -> String {
+        URL_SAFE_NO_PAD
+            .encode(&aws_lc_rs::hmac::sign(&self.key, &window.to_be_bytes()).as_ref()[..18])
+    }
+}
+
+impl NonceSource for DpopNonces {
+    fn current(&self, now_unix: u64) -> String {
+        self.for_window(now_unix / self.period)
+    }
+
+    fn is_valid(&self, nonce: &str, now_unix: u64) -> bool {
+        let w = now_unix / self.period;
+        [w, w.saturating_sub(1)].iter().any(|w| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                self.for_window(*w).as_bytes(),
+                nonce.as_bytes(),
+            )
+            .is_ok()
+        })
+    }
+}
+
 /// Why a DPoP proof was refused; [`DpopReason::as_str`] is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -92,6 +162,8 @@ pub enum DpopReason {
     JktMismatch,
     /// The replay cache failed (fail closed).
     ReplayCacheUnavailable,
+    /// The server requires a nonce and the proof has none or a stale one.
+    UseNonce,
 }
 
 impl DpopReason {
@@ -113,6 +185,7 @@ impl DpopReason {
             Self::AthMismatch => "dpop_ath_mismatch",
             Self::JktMismatch => "dpop_jkt_mismatch",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
+            Self::UseNonce => "use_dpop_nonce",
         }
     }
 }
@@ -161,6 +234,7 @@ struct DpopServerConfig {
     skew: Duration,
     default_scheme: String,
     expected_jkt: Arc<dyn ExpectedJkt>,
+    nonces: Option<Arc<dyn NonceSource>>,
 }
 
 impl fmt::Debug for DpopServerConfig {
@@ -186,6 +260,7 @@ pub struct VerifyDpopLayerBuilder {
     skew: Duration,
     default_scheme: String,
     expected_jkt: Arc<dyn ExpectedJkt>,
+    nonces: Option<Arc<dyn NonceSource>>,
 }
 
 impl fmt::Debug for VerifyDpopLayerBuilder {
@@ -207,6 +282,7 @@ impl VerifyDpopLayer {
             skew: Duration::from_secs(5),
             default_scheme: "https".into(),
             expected_jkt: Arc::new(()),
+            nonces: None,
         }
     }
 }
@@ -254,6 +330,14 @@ impl VerifyDpopLayerBuilder {
         self
     }
 
+    /// Requires a server nonce in every proof; a missing or stale one is answered with
+    /// `401`, `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a fresh `DPoP-Nonce`.
+    #[must_use]
+    pub fn require_nonce(mut self, nonces: impl NonceSource) -> Self {
+        self.nonces = Some(Arc::new(nonces));
+        self
+    }
+
     /// Builds the layer.
     pub fn build(self) -> VerifyDpopLayer {
         VerifyDpopLayer {
@@ -266,6 +350,7 @@ impl VerifyDpopLayerBuilder {
                 skew: self.skew,
                 default_scheme: self.default_scheme,
                 expected_jkt: self.expected_jkt,
+                nonces: self.nonces,
             }),
         }
     }
@@ -313,6 +398,7 @@ struct ProofClaims {
     htu: Option<String>,
     iat: Option<u64>,
     ath: Option<String>,
+    nonce: Option<String>,
 }
 
 fn check(
@@ -394,6 +480,14 @@ fn check(
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or(DpopReason::MissingJti)?;
+    if let Some(nonces) = &config.nonces
+        && !claims
+            .nonce
+            .as_deref()
+            .is_some_and(|n| nonces.is_valid(n, now))
+    {
+        return Err(DpopReason::UseNonce);
+    }
 
     let token_sent = parts
         .headers
@@ -429,7 +523,11 @@ fn check(
     ))
 }
 
-fn reject<ResBody: Default>(parts: &Parts, reason: DpopReason) -> Response<ResBody> {
+fn reject<ResBody: Default>(
+    config: &DpopServerConfig,
+    parts: &Parts,
+    reason: DpopReason,
+) -> Response<ResBody> {
     tracing::warn!(
         target: "portcullis::attest",
         {
@@ -452,13 +550,25 @@ fn reject<ResBody: Default>(parts: &Parts, reason: DpopReason) -> Response<ResBo
     };
     res.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
-    if !unavailable {
+    if reason == DpopReason::UseNonce {
+        res.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(
+                "DPoP error=\"use_dpop_nonce\", error_description=\"a server nonce is required\"",
+            ),
+        );
+    } else if !unavailable {
         res.headers_mut().insert(
             WWW_AUTHENTICATE,
             HeaderValue::from_static(
                 "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 EdDSA RS256 PS256\"",
             ),
         );
+    }
+    if let Some(nonces) = &config.nonces
+        && let Ok(v) = HeaderValue::from_str(&nonces.current(config.clock.now_unix()))
+    {
+        res.headers_mut().insert("dpop-nonce", v);
     }
     res
 }
@@ -482,7 +592,7 @@ where
         match check(&self.config, &parts) {
             Err(reason) => VerifyDpopFuture {
                 state: DpopServerState::Rejected {
-                    response: Some(reject(&parts, reason)),
+                    response: Some(reject(&self.config, &parts, reason)),
                 },
             },
             Ok((proof, key, ttl)) => {
@@ -493,7 +603,11 @@ where
                 VerifyDpopFuture {
                     state: DpopServerState::Replaying {
                         fut,
-                        pending: Some((Request::from_parts(parts, body), inner)),
+                        pending: Some((
+                            Request::from_parts(parts, body),
+                            inner,
+                            self.config.clone(),
+                        )),
                     },
                 }
             }
@@ -515,7 +629,7 @@ pin_project! {
 pin_project! {
     #[project = DpopServerStateProj]
     enum DpopServerState<S, B, F, R> {
-        Replaying { fut: ReplayFuture, pending: Option<(Request<B>, S)> },
+        Replaying { fut: ReplayFuture, pending: Option<(Request<B>, S, Arc<DpopServerConfig>)> },
         Calling { #[pin] fut: F },
         Rejected { response: Option<R> },
     }
@@ -543,7 +657,7 @@ where
             match this.state.as_mut().project() {
                 DpopServerStateProj::Replaying { fut, pending } => {
                     let result = ready!(fut.as_mut().poll(cx));
-                    let Some((req, mut inner)) = pending.take() else {
+                    let Some((req, mut inner, config)) = pending.take() else {
                         return Poll::Pending;
                     };
                     let reason = match result {
@@ -555,7 +669,7 @@ where
                         Some(r) => {
                             let (parts, _) = req.into_parts();
                             this.state.set(DpopServerState::Rejected {
-                                response: Some(reject(&parts, r)),
+                                response: Some(reject(&config, &parts, r)),
                             });
                         }
                         None => {
