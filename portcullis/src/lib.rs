@@ -1,1 +1,56 @@
-//! Facade over the Portcullis layers and the `portcullis` CLI (being built: see issues 2 and 6).
+//! Composable `tower` middleware for pinned, token-protected, signed, rate-limited and audited
+//! HTTP: the facade over the Portcullis layers, and preset client and server stacks.
+//!
+//! Each layer crate is re-exported under its short name ([`pin`], [`token`], [`attest`],
+//! [`retry`], [`audit`]) and can be used on its own. [`client::builder`] and
+//! [`server::builder`] stack them in the order that keeps each protection intact:
+//!
+//! ```text
+//! client: audit → rate limit → retry → bearer token → sign (RFC 9421) → pinned hyper client
+//! server: audit → pre-auth rate limit → [mTLS identity] → verify signature → require bearer
+//!         → per-identity rate limit → your service
+//! ```
+//!
+//! Retry sits above signing, so every attempt is signed afresh; the bearer layer sits above
+//! signing, so `authorization` is covered by the signature; rate limiting sits above retry on
+//! the client, so retries count against the quota. Every step is optional.
+//!
+//! # Example
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use portcullis::attest::{ServiceBuilderExt as _, SigningKey, StaticKeys, VerifySignatureLayer};
+//! use tower::{ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let key = SigningKey::generate_ed25519("device-1")?;
+//! let keys = StaticKeys::new().with("device-1", key.verifying_key());
+//!
+//! let server = portcullis::server::builder()
+//!     .verify_signatures(VerifySignatureLayer::builder(keys).build()?)
+//!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+//!     }));
+//! let client = portcullis::client::builder()
+//!     .sign(portcullis::attest::SignLayer::new(key))
+//!     .service(server);
+//!
+//! let res = client
+//!     .oneshot(Request::post("https://api.example.com/orders").body(Full::new(Bytes::from("{}")))?)
+//!     .await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! # Ok(())
+//! # }
+//! ```
+
+pub use portcullis_attest as attest;
+pub use portcullis_audit as audit;
+pub use portcullis_pin as pin;
+pub use portcullis_retry as retry;
+pub use portcullis_token as token;
+
+pub mod client;
+pub mod server;
