@@ -36,6 +36,7 @@
 //! pin unless it opts out by name. An expired entry stops enforcing but still reports.
 //! Only TLS 1.2 and 1.3 with rustls' AEAD suites are offered, and only `https://` is dialled.
 
+mod builder;
 mod client;
 #[doc(hidden)]
 pub mod fuzz;
@@ -46,6 +47,7 @@ mod policy;
 mod server;
 mod verify;
 
+pub use builder::ServiceBuilderExt;
 pub use client::{
     BuildError, ConnectError, PinnedConnector, PinnedPeer, PinnedStream, PinnedTls,
     PinnedTlsBuilder, TlsVersions,

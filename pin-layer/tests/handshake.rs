@@ -647,8 +647,9 @@ async fn require_pinned_layer_exposes_the_pin_and_fails_closed() {
         &pki,
         policy("localhost", &[pki.leaf.spki_pin(), unused_pin()]),
     );
+    use portcullis_pin::ServiceBuilderExt as _;
     let mut svc = ServiceBuilder::new()
-        .layer(RequirePinnedLayer::new().require_match())
+        .require_pin_match()
         .service(client(&tls));
     let res = svc
         .ready()
