@@ -30,7 +30,7 @@
 //! use http::{Request, Response, StatusCode};
 //! use http_body_util::{BodyExt, Full};
 //! use portcullis_token::{
-//!     BearerLayer, MemoryStore, RequireBearerLayer, TokenSource, VerifiedClaims,
+//!     MemoryStore, RequireBearerLayer, ServiceBuilderExt, TokenSource, VerifiedClaims,
 //!     bearer::ReplayBody,
 //!     require::{Algorithm, JwtValidator, VerificationKey},
 //!     token::{RefreshError, TokenResponse, TokenSet},
@@ -77,7 +77,7 @@
 //! };
 //! let source = TokenSource::builder(refresher, MemoryStore::new()).load().await?;
 //! source.seed(TokenSet::from_refresh_token("first-refresh-token")).await?;
-//! let client = ServiceBuilder::new().layer(BearerLayer::new(source)).service(server);
+//! let client = ServiceBuilder::new().bearer_tokens(source).service(server);
 //!
 //! let resp = client.oneshot(Request::new(Full::new(Bytes::new()))).await?;
 //! assert_eq!(resp.status(), StatusCode::OK);
@@ -87,6 +87,7 @@
 //! ```
 
 pub mod bearer;
+mod builder;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod header;
@@ -95,6 +96,7 @@ pub mod secret;
 pub mod token;
 
 pub use bearer::{Bearer, BearerLayer};
+pub use builder::ServiceBuilderExt;
 pub use require::{JwtValidator, RequireBearerLayer, VerifiedClaims};
 pub use secret::{FileKey, FileStore, KeyringStore, MemoryStore, SecretStore, SecretValue};
 pub use token::{AccessToken, OAuthRefresh, Refresh, TokenSource};
