@@ -1,5 +1,7 @@
 //! The client stack: audit → rate limit → retry → bearer token → sign → pinned hyper client.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -15,6 +17,7 @@ pub type PinnedClient<B = Full<Bytes>> = Client<PinnedConnector, B>;
 pub fn builder() -> ClientBuilder {
     ClientBuilder {
         tls: None,
+        connect_to: None,
         tokens: Identity::new(),
         sign: Identity::new(),
         retry: Identity::new(),
@@ -34,6 +37,7 @@ pub struct ClientBuilder<
     Aud = Identity,
 > {
     tls: Option<PinnedTls>,
+    connect_to: Option<SocketAddr>,
     tokens: Tok,
     sign: Sig,
     retry: Ret,
@@ -48,10 +52,18 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
         self
     }
 
+    /// Dials `addr` for every request while verifying the certificate (and pins) for the
+    /// URI's host, like curl's `--connect-to`.
+    pub fn connect_to(mut self, addr: SocketAddr) -> Self {
+        self.connect_to = Some(addr);
+        self
+    }
+
     /// Injects bearer tokens (e.g. `portcullis::token::BearerLayer`).
     pub fn tokens<L>(self, layer: L) -> ClientBuilder<L, Sig, Ret, Rl, Aud> {
         ClientBuilder {
             tls: self.tls,
+            connect_to: self.connect_to,
             tokens: layer,
             sign: self.sign,
             retry: self.retry,
@@ -64,6 +76,7 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
     pub fn sign<L>(self, layer: L) -> ClientBuilder<Tok, L, Ret, Rl, Aud> {
         ClientBuilder {
             tls: self.tls,
+            connect_to: self.connect_to,
             tokens: self.tokens,
             sign: layer,
             retry: self.retry,
@@ -76,6 +89,7 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
     pub fn retry<L>(self, layer: L) -> ClientBuilder<Tok, Sig, L, Rl, Aud> {
         ClientBuilder {
             tls: self.tls,
+            connect_to: self.connect_to,
             tokens: self.tokens,
             sign: self.sign,
             retry: layer,
@@ -88,6 +102,7 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
     pub fn rate_limit<L>(self, layer: L) -> ClientBuilder<Tok, Sig, Ret, L, Aud> {
         ClientBuilder {
             tls: self.tls,
+            connect_to: self.connect_to,
             tokens: self.tokens,
             sign: self.sign,
             retry: self.retry,
@@ -100,6 +115,7 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
     pub fn audit<L>(self, layer: L) -> ClientBuilder<Tok, Sig, Ret, Rl, L> {
         ClientBuilder {
             tls: self.tls,
+            connect_to: self.connect_to,
             tokens: self.tokens,
             sign: self.sign,
             retry: self.retry,
@@ -142,7 +158,11 @@ impl<Tok, Sig, Ret, Rl, Aud> ClientBuilder<Tok, Sig, Ret, Rl, Aud> {
         Aud: Layer<Rl::Service>,
     {
         let tls = self.tls.as_ref().ok_or(MissingTls)?;
-        let client: PinnedClient<B> = Client::builder(TokioExecutor::new()).build(tls.connector());
+        let mut connector = tls.connector();
+        if let Some(addr) = self.connect_to {
+            connector = connector.connect_to(addr);
+        }
+        let client: PinnedClient<B> = Client::builder(TokioExecutor::new()).build(connector);
         Ok(self.service(client))
     }
 }
