@@ -166,3 +166,33 @@ async fn connection_refused_before_any_byte_is_retried() {
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn hyper_util_connect_error_is_retried() {
+    // hyper-util's legacy client reports a refused connection as a connect error (nothing
+    // was sent): transient.
+    let port = testkit::free_port();
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Body>();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let inner = service_fn(move |req: Request<Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        let http = http.clone();
+        async move { http.request(req).await.map_err(BoxError::from) }
+    });
+    let client = ServiceBuilder::new().layer(retry().max_attempts(3)).service(inner);
+    let err = client
+        .oneshot(
+            Request::get(format!("http://127.0.0.1:{port}/"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    let connect = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .expect("hyper-util error");
+    assert!(connect.is_connect(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
