@@ -561,3 +561,60 @@ async fn one_attempt_disables_retries() {
     assert_eq!(calls.lock().unwrap().len(), 1);
     let _ = Method::GET;
 }
+
+#[derive(Debug)]
+struct FlakyTransport;
+
+impl std::fmt::Display for FlakyTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("flaky transport")
+    }
+}
+
+impl std::error::Error for FlakyTransport {}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn custom_transient_errors_never_override_security_failures() {
+    let calls = Arc::new(Mutex::new(0));
+    let c = calls.clone();
+    let svc = service_fn(move |_req: Req<Full<Bytes>>| {
+        let n = {
+            let mut n = c.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        async move {
+            match n {
+                1 => Err::<Response<()>, BoxError>(Box::new(FlakyTransport)),
+                _ => Ok(Response::new(())),
+            }
+        }
+    });
+    let retry_all = layer().retry_errors_where(|_| true);
+    let res = ServiceBuilder::new()
+        .layer(retry_all.clone())
+        .service(svc)
+        .oneshot(get())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(*calls.lock().unwrap(), 2, "the custom error was retried");
+
+    let tls_calls = Arc::new(Mutex::new(0));
+    let c = tls_calls.clone();
+    let tls = service_fn(move |_req: Req<Full<Bytes>>| {
+        *c.lock().unwrap() += 1;
+        async {
+            Err::<Response<()>, BoxError>(Box::new(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )))
+        }
+    });
+    ServiceBuilder::new()
+        .layer(retry_all)
+        .service(tls)
+        .oneshot(get())
+        .await
+        .unwrap_err();
+    assert_eq!(*tls_calls.lock().unwrap(), 1, "a pin failure stays final");
+}

@@ -181,7 +181,9 @@ async fn hyper_util_connect_error_is_retried() {
         let http = http.clone();
         async move { http.request(req).await.map_err(BoxError::from) }
     });
-    let client = ServiceBuilder::new().layer(retry().max_attempts(3)).service(inner);
+    let client = ServiceBuilder::new()
+        .layer(retry().max_attempts(3))
+        .service(inner);
     let err = client
         .oneshot(
             Request::get(format!("http://127.0.0.1:{port}/"))

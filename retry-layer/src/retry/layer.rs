@@ -18,7 +18,11 @@ pub(crate) struct Config {
     pub(crate) budget: Arc<dyn Budget + Send + Sync>,
     pub(crate) max_body_bytes: u64,
     pub(crate) add_idempotency_key: bool,
+    pub(crate) extra_transient: Option<ErrorPredicate>,
 }
+
+pub(crate) type ErrorPredicate =
+    Arc<dyn Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync>;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -30,6 +34,7 @@ impl fmt::Debug for Config {
             .field("max_retry_after", &self.max_retry_after)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("add_idempotency_key", &self.add_idempotency_key)
+            .field("extra_transient", &self.extra_transient.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +70,7 @@ impl RetryLayer {
                 budget: Arc::new(TpsBudget::default()),
                 max_body_bytes: 64 * 1024,
                 add_idempotency_key: false,
+                extra_transient: None,
             }),
         }
     }
@@ -120,6 +126,16 @@ impl RetryLayer {
     /// length, are streamed once and never retried.
     pub fn max_body_bytes(mut self, bytes: u64) -> Self {
         self.config().max_body_bytes = bytes;
+        self
+    }
+
+    /// Also treats errors matching `predicate` as transient (for your own transport's error
+    /// types). Security failures (a `rustls::Error` in the chain) stay final whatever it says.
+    pub fn retry_errors_where(
+        mut self,
+        predicate: impl Fn(&(dyn std::error::Error + 'static)) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.config().extra_transient = Some(Arc::new(predicate));
         self
     }
 

@@ -12,7 +12,7 @@ use tower::retry::backoff::MakeBackoff;
 use super::backoff::FullJitterBackoff;
 use super::body::ReplayBody;
 use super::layer::Config;
-use crate::classify::{Outcome, classify_error, classify_status};
+use crate::classify::{Outcome, classify_error, classify_status, is_security_failure};
 
 /// The attempt number of a request (1 for the first call), put into the request extensions
 /// before every call of the inner service, so layers below (a signer, a logger) can see it.
@@ -106,7 +106,12 @@ where
         }
         let outcome = match result {
             Ok(res) => classify_status(res.status(), res.headers()),
-            Err(e) => classify_error(&**e),
+            Err(e) => match &self.config.extra_transient {
+                Some(extra) if !is_security_failure(&**e) && extra(&**e) => {
+                    Outcome::Transient { retry_after: None }
+                }
+                _ => classify_error(&**e),
+            },
         };
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
         let retry_after = match outcome {
