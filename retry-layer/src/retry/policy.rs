@@ -181,7 +181,7 @@ where
             target: "portcullis::retry",
             {"event.kind" = "event",
             "event.category" = "network",
-            "event.action" = "retry.scheduled",
+            "event.action" = "retry.attempt",
             "event.outcome" = "unknown",
             "http.request.method" = %req.method(),
             "url.path" = req.uri().path(),
