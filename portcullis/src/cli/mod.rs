@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod pin_cmd;
 mod policy_cmd;
 mod probe;
+mod request;
 mod secret;
 
 /// Exit code for usage errors (BSD `EX_USAGE`).
@@ -31,6 +32,8 @@ enum Command {
     Policy(policy_cmd::PolicyCommand),
     /// Seed, read and rotate secrets in an encrypted file store.
     Secret(secret::SecretArgs),
+    /// Send one request through the client stack (pins, signature, bearer token), like curl.
+    Request(Box<request::RequestArgs>),
 }
 
 /// Prints a one-line usage error and returns exit code 64.
@@ -53,5 +56,6 @@ pub(crate) fn main() -> ExitCode {
         Command::Probe(args) => probe::run(args),
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Secret(args) => secret::run(args),
+        Command::Request(args) => request::run(*args),
     }
 }

@@ -1,7 +1,7 @@
 //! `portcullis probe https://HOST[:PORT]`: connect, validate, show the verified chain, check pins.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use portcullis_pin::{PinEntry, PinPolicy, PinnedTls, Position};
@@ -9,9 +9,9 @@ use portcullis_pin::{PinEntry, PinPolicy, PinnedTls, Position};
 use super::usage_error;
 
 /// Exit code when the chain validated but no pin matched.
-const EXIT_PIN_MISMATCH: u8 = 1;
+pub(super) const EXIT_PIN_MISMATCH: u8 = 1;
 /// Exit code when the connection or standard TLS validation failed.
-const EXIT_TLS: u8 = 2;
+pub(super) const EXIT_TLS: u8 = 2;
 
 /// Connect to an HTTPS server, validate its certificate, print the verified chain with each
 /// certificate's pin, position and expiry, and say whether the pins or policy match.
@@ -48,27 +48,13 @@ pub(crate) fn run(args: ProbeArgs) -> ExitCode {
     let Some(host) = uri.host().map(str::to_owned) else {
         return usage_error("the URL has no host");
     };
-    let policy = match build_policy(&host, &args) {
+    let policy = match build_policy(&host, &args.pins, args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    let mut builder = PinnedTls::builder(policy).record_verified_chain();
-    builder = match &args.ca_file {
-        Some(path) => match super::pin_cmd::read_certificates(path)
-            .map_err(|e| format!("{}: {e}", path.display()))
-            .and_then(|certs| builder.root_certificates(certs).map_err(|e| e.to_string()))
-        {
-            Ok(b) => b,
-            Err(e) => return usage_error(&format!("--ca-file {e}")),
-        },
-        None => match builder.native_roots() {
-            Ok(b) => b,
-            Err(e) => return usage_error(&format!("{e} (pass --ca-file)")),
-        },
-    };
-    let tls = match builder.build() {
+    let tls = match pinned_tls(policy, args.ca_file.as_deref(), true) {
         Ok(t) => t,
-        Err(e) => return usage_error(&e.to_string()),
+        Err(e) => return usage_error(&e),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -148,17 +134,43 @@ pub(crate) fn run(args: ProbeArgs) -> ExitCode {
     }
 }
 
-fn build_policy(host: &str, args: &ProbeArgs) -> Result<PinPolicy, String> {
+/// Builds a pinned TLS configuration trusting `ca_file` (PEM) or else the system's roots.
+pub(super) fn pinned_tls(
+    policy: PinPolicy,
+    ca_file: Option<&Path>,
+    record_chain: bool,
+) -> Result<PinnedTls, String> {
+    let mut builder = PinnedTls::builder(policy);
+    if record_chain {
+        builder = builder.record_verified_chain();
+    }
+    builder = match ca_file {
+        Some(path) => super::pin_cmd::read_certificates(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|certs| builder.root_certificates(certs).map_err(|e| e.to_string()))
+            .map_err(|e| format!("--ca-file {e}"))?,
+        None => builder
+            .native_roots()
+            .map_err(|e| format!("{e} (pass --ca-file)"))?,
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// The policy file's entries plus, when `pins` are given, an entry for `host` with them.
+pub(super) fn build_policy(
+    host: &str,
+    pins: &[String],
+    policy: Option<&Path>,
+) -> Result<PinPolicy, String> {
     let mut builder = PinPolicy::builder();
-    if let Some(path) = &args.policy {
+    if let Some(path) = policy {
         let file = PinPolicy::from_path(path).map_err(|e| e.to_string())?;
         for entry in file.entries() {
             builder = builder.entry(entry.clone());
         }
     }
-    if !args.pins.is_empty() {
-        let pins = args
-            .pins
+    if !pins.is_empty() {
+        let pins = pins
             .iter()
             .map(|p| {
                 p.parse()
