@@ -93,6 +93,8 @@ fn layer() -> RetryLayer {
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn transient_statuses_are_retried_with_full_jitter_backoff_bounds() {
+    let capture = common::Capture;
+    let _guard = capture.install();
     let (svc, calls) = scripted(vec![status(503), status(502), status(504), status(200)]);
     let start = Instant::now();
     let res = ServiceBuilder::new()
@@ -113,6 +115,27 @@ async fn transient_statuses_are_retried_with_full_jitter_backoff_bounds() {
         let gap = calls[i + 1].at - calls[i].at;
         assert!(gap <= Duration::from_millis(ceiling), "gap {i} = {gap:?}");
     }
+    // Each retry is a `portcullis::retry` event in the audit schema.
+    let retries: Vec<(String, String)> = capture
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.target == "portcullis::retry" && e.get("event.action") == Some("retry.attempt")
+        })
+        .map(|e| {
+            (
+                e.get("attempt").unwrap_or_default().to_owned(),
+                e.get("http.response.status_code")
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [("2", "503"), ("3", "502"), ("4", "504")]
+        .iter()
+        .map(|(a, s)| (a.to_string(), s.to_string()))
+        .collect();
+    assert_eq!(retries, expected);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
