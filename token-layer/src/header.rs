@@ -246,3 +246,67 @@ pub(crate) fn quote(s: &str) -> String {
     out.push('"');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorization_accepts_only_bearer_b64token() {
+        assert_eq!(
+            parse_authorization(b"Bearer abc.DEF-_~+/=="),
+            Ok("abc.DEF-_~+/==")
+        );
+        assert_eq!(parse_authorization(b"bearer   t"), Ok("t"));
+        assert_eq!(
+            parse_authorization(b"Basic abc"),
+            Err(AuthorizationError::NotBearer)
+        );
+        assert_eq!(
+            parse_authorization(b"Bearerabc"),
+            Err(AuthorizationError::NotBearer)
+        );
+        assert_eq!(
+            parse_authorization(b"Bearer"),
+            Err(AuthorizationError::Malformed)
+        );
+        assert_eq!(
+            parse_authorization(b"Bearer a=b"),
+            Err(AuthorizationError::Malformed)
+        );
+        assert_eq!(
+            parse_authorization(b"Bearer =="),
+            Err(AuthorizationError::Malformed)
+        );
+        assert_eq!(
+            parse_authorization(b"Bearer a b"),
+            Err(AuthorizationError::Malformed)
+        );
+        let long = [b"Bearer ".as_slice(), &[b'a'; MAX_TOKEN_LEN + 1]].concat();
+        assert_eq!(parse_authorization(&long), Err(AuthorizationError::TooLong));
+    }
+
+    #[test]
+    fn www_authenticate_finds_the_bearer_challenge_among_others() {
+        let c = parse_www_authenticate(
+            b"Basic realm=\"a, b\", Bearer realm=\"api\", error=\"invalid_token\", scope=\"x y\"",
+        )
+        .unwrap();
+        assert_eq!(c.realm.as_deref(), Some("api"));
+        assert!(c.is_invalid_token());
+        assert_eq!(c.scope.as_deref(), Some("x y"));
+        let c = parse_www_authenticate(b"Negotiate abc==, Bearer error=invalid_token").unwrap();
+        assert!(c.is_invalid_token());
+        assert_eq!(
+            parse_www_authenticate(b"Bearer").unwrap(),
+            BearerChallenge::default()
+        );
+        assert!(parse_www_authenticate(b"Basic realm=\"x\"").is_none());
+        assert!(parse_www_authenticate(b"").is_none());
+    }
+
+    #[test]
+    fn quote_escapes_and_drops_controls() {
+        assert_eq!(quote("a\"b\\c\nd"), "\"a\\\"b\\\\cd\"");
+    }
+}

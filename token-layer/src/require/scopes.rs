@@ -82,3 +82,35 @@ impl ScopeTable {
             .map(|r| (r.scopes.as_slice(), r.roles.as_slice()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_on_segment_boundaries_and_method_specific_first() {
+        let t = ScopeTable::new()
+            .route("/", ["base"])
+            .route("/orders", ["read"])
+            .route_method(Method::POST, "/orders", ["write"])
+            .route("/orders/admin/", ["admin"]);
+        let scopes = |m: Method, p: &str| t.lookup(&m, p).map(|r| r.0.to_vec());
+        assert_eq!(
+            scopes(Method::GET, "/orders/1"),
+            Some(vec!["read".to_owned()])
+        );
+        assert_eq!(
+            scopes(Method::POST, "/orders"),
+            Some(vec!["write".to_owned()])
+        );
+        assert_eq!(
+            scopes(Method::GET, "/orders/admin/x"),
+            Some(vec!["admin".to_owned()])
+        );
+        assert_eq!(
+            scopes(Method::GET, "/ordersx"),
+            Some(vec!["base".to_owned()])
+        );
+        assert_eq!(ScopeTable::new().lookup(&Method::GET, "/"), None);
+    }
+}
