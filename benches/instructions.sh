@@ -16,17 +16,18 @@ if ! command -v valgrind >/dev/null; then
     exit 1
 fi
 
+out=${KEEP:-$(mktemp -d)}
+mkdir -p "$out"
+
 # Build with the bench profile (optimised, with symbols) and find the binary.
 bin=$(cargo bench -p portcullis-benches --bench handshake_instructions --no-run \
-        --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*handshake_instructions[^"]*\)".*/\1/p' | tail -n1)
+        --message-format=json 2>"$out/build.log" |
+    sed -n 's/.*"executable":"\([^"]*handshake_instructions[^"]*\)".*/\1/p' | tail -n1) || true
 if [[ -z "$bin" || ! -x "$bin" ]]; then
+    cat "$out/build.log" >&2
     echo "could not build the handshake_instructions bench" >&2
     exit 1
 fi
-
-out=${KEEP:-$(mktemp -d)}
-mkdir -p "$out"
 
 # Instructions (Ir) counted in the measured region of one run.
 count() { # arm mode
