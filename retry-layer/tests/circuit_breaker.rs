@@ -182,3 +182,50 @@ async fn clones_share_one_breaker() {
         "same layer, same breaker"
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn per_authority_breakers_isolate_a_failing_host() {
+    // Host a answers 503, host b 200.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let upstream = service_fn(move |req: Request<()>| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let status = if req.uri().host() == Some("a.test") {
+            503
+        } else {
+            200
+        };
+        async move { Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap()) }
+    });
+    let layer = CircuitBreakerLayer::builder()
+        .minimum_calls(4)
+        .open_duration(Duration::from_secs(5))
+        .build_per_authority();
+    let mut svc = ServiceBuilder::new().layer(layer).service(upstream);
+    let to = |host: &str| Request::get(format!("https://{host}/")).body(()).unwrap();
+    for _ in 0..4 {
+        svc.ready().await.unwrap().call(to("a.test")).await.unwrap();
+    }
+    let a: http::uri::Authority = "a.test".parse().unwrap();
+    let b: http::uri::Authority = "b.test".parse().unwrap();
+    assert_eq!(svc.state_of(&a), CircuitState::Open);
+    assert!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(to("a.test"))
+            .await
+            .unwrap_err()
+            .is::<CircuitOpen>()
+    );
+    for _ in 0..10 {
+        let res = svc.ready().await.unwrap().call(to("b.test")).await.unwrap();
+        assert_eq!(
+            res.status(),
+            200,
+            "a failing host does not open the circuit for another"
+        );
+    }
+    assert_eq!(svc.state_of(&b), CircuitState::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 14);
+}

@@ -19,6 +19,6 @@ mod state;
 
 pub use error::CircuitOpen;
 pub use future::ResponseFuture;
-pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
+pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer, PerAuthority};
 pub use service::CircuitBreaker;
 pub use state::CircuitState;

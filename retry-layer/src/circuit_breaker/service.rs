@@ -1,29 +1,45 @@
+use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::Request;
+use http::uri::Authority;
 use tower::BoxError;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::state::Breaker;
+use super::layer::{Breakers, PerAuthority};
 use super::{CircuitBreakerLayer, CircuitState};
 use crate::retry::HttpResponse;
 
 /// The middleware made by [`CircuitBreakerLayer`].
-#[derive(Debug, Clone)]
-pub struct CircuitBreaker<S> {
+pub struct CircuitBreaker<S, K = ()> {
     inner: S,
-    breaker: Arc<Breaker>,
+    breakers: Arc<Breakers<K>>,
+}
+
+impl<S: Clone, K> Clone for CircuitBreaker<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breakers: self.breakers.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for CircuitBreaker<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breakers", &self.breakers)
+            .finish()
+    }
 }
 
 impl<S> CircuitBreaker<S> {
     /// Wraps `inner` with a new breaker with default settings.
     pub fn new(inner: S) -> Self {
         tower_layer::Layer::layer(&CircuitBreakerLayer::new(), inner)
-    }
-
-    pub(crate) fn from_breaker(inner: S, breaker: Arc<Breaker>) -> Self {
-        Self { inner, breaker }
     }
 
     /// A [`CircuitBreakerLayer`] with default settings.
@@ -33,7 +49,20 @@ impl<S> CircuitBreaker<S> {
 
     /// The breaker's current state.
     pub fn state(&self) -> CircuitState {
-        self.breaker.state()
+        self.breakers.global.state()
+    }
+}
+
+impl<S> CircuitBreaker<S, PerAuthority> {
+    /// The state of the breaker of `authority` (closed if it has none yet).
+    pub fn state_of(&self, authority: &Authority) -> CircuitState {
+        self.breakers.state_of(authority)
+    }
+}
+
+impl<S, K> CircuitBreaker<S, K> {
+    pub(crate) fn from_breakers(inner: S, breakers: Arc<Breakers<K>>) -> Self {
+        Self { inner, breakers }
     }
 
     /// The inner service.
@@ -68,10 +97,33 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.breaker.acquire() {
-            Ok(permit) => {
-                ResponseFuture::called(self.inner.call(req), self.breaker.clone(), permit)
-            }
+        let breaker = &self.breakers.global;
+        match breaker.acquire() {
+            Ok(permit) => ResponseFuture::called(self.inner.call(req), breaker.clone(), permit),
+            Err(open) => ResponseFuture::rejected(open),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for CircuitBreaker<S, PerAuthority>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Response: HttpResponse,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let breaker = self.breakers.for_authority(req.uri().authority());
+        match breaker.acquire() {
+            Ok(permit) => ResponseFuture::called(self.inner.call(req), breaker, permit),
             Err(open) => ResponseFuture::rejected(open),
         }
     }

@@ -100,6 +100,18 @@ impl Breaker {
         }
     }
 
+    /// Closed with no outcome left in the window: indistinguishable from a new breaker.
+    pub(crate) fn is_idle(&self) -> bool {
+        let now = Instant::now();
+        let inner = self.lock();
+        match &inner.phase {
+            Phase::Closed { buckets } => buckets
+                .back()
+                .is_none_or(|b| now.duration_since(b.start) >= self.settings.window),
+            _ => false,
+        }
+    }
+
     pub(crate) fn acquire(&self) -> Result<Permit, CircuitOpen> {
         let now = Instant::now();
         let mut inner = self.lock();
