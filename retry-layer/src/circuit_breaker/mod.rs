@@ -1,6 +1,7 @@
 //! A circuit breaker that only transport failures and 5xx answers can trip.
 //!
-//! [`CircuitBreakerLayer`] keeps one breaker shared by all clones of the layer:
+//! [`CircuitBreakerLayer`] keeps one breaker shared by all clones of the layer (or one per
+//! upstream authority, with [`CircuitBreakerBuilder::build_per_authority`]):
 //! - **closed**: calls pass; outcomes go into a sliding time window; when at least
 //!   `minimum_calls` were seen and the failure rate reaches the threshold, it opens;
 //! - **open**: calls fail fast with [`CircuitOpen`] for `open_duration`;
