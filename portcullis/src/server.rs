@@ -1,10 +1,12 @@
 //! The server stack: audit → pre-auth rate limit → [mTLS identity] → verify signature →
 //! require bearer → per-identity rate limit → your service; and [`serve_tls`] to run it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use portcullis_pin::PeerIdentityLayer;
@@ -115,12 +117,26 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
     }
 }
 
+/// How long a client has to complete the TLS handshake, and then to send each request's
+/// headers, before [`serve_tls`] drops the connection (slowloris protection).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `tracing` target of [`serve_tls`]'s connection events.
+pub const TARGET: &str = "portcullis::server";
+
 /// Serves `service` over TLS on `listener` until the task is dropped.
 ///
 /// Each connection's requests carry the peer's [`SocketAddr`](std::net::SocketAddr) and
 /// [`PeerAddr`](portcullis_retry::rate_limit::PeerAddr) (for rate-limit and audit keys) and,
 /// when the TLS config verified a client certificate (mTLS), its
-/// [`PeerIdentity`](portcullis_pin::PeerIdentity).
+/// [`PeerIdentity`](portcullis_pin::PeerIdentity). HTTP/1.1 and HTTP/2 are served (ALPN).
+///
+/// # Security
+/// A client gets [`HANDSHAKE_TIMEOUT`] to finish the TLS handshake and as long again to send
+/// each request's headers; a failed or timed-out handshake is reported as a `tls.handshake`
+/// failure event (target [`TARGET`], with `client.address` and `event.reason`) that the
+/// audit collector picks up. Accept errors (such as running out of file descriptors) pause
+/// the loop briefly instead of spinning.
 pub async fn serve_tls<S, B>(listener: TcpListener, config: Arc<rustls::ServerConfig>, service: S)
 where
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -132,14 +148,35 @@ where
 {
     let acceptor = TlsAcceptor::from(config);
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(
+                    target: TARGET,
+                    error = %err,
+                    "event.kind" = "event",
+                    "event.category" = "network",
+                    "event.action" = "tcp.accept",
+                    "event.outcome" = "failure",
+                    "accept failed; pausing before the next accept"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let service = service.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    handshake_failed(peer, "handshake_failed", &err.to_string());
+                    return;
+                }
+                Err(_) => {
+                    handshake_failed(peer, "handshake_timeout", "no TLS handshake in time");
+                    return;
+                }
             };
             let svc = ServiceBuilder::new()
                 .layer(PeerIdentityLayer::from_connection(tls.get_ref().1))
@@ -150,9 +187,28 @@ where
                     req
                 })
                 .service(service);
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT);
+            let _ = builder
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
                 .await;
         });
     }
+}
+
+fn handshake_failed(peer: SocketAddr, reason: &'static str, detail: &str) {
+    tracing::info!(
+        target: TARGET,
+        detail,
+        "event.kind" = "event",
+        "event.category" = "network",
+        "event.action" = "tls.handshake",
+        "event.outcome" = "failure",
+        "event.reason" = reason,
+        "client.address" = %peer.ip(),
+        "TLS handshake refused"
+    );
 }

@@ -294,3 +294,30 @@ async fn server_requires_the_client_certificate_and_client_requires_pinned_tls()
     assert!(err.to_string().contains("needs pinned TLS"), "{err}");
     serving.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn serve_tls_drops_a_client_that_never_finishes_the_handshake() {
+    use tokio::io::AsyncReadExt as _;
+    testkit::install_default_provider();
+    let pki = TestPki::new();
+    let config = testkit::server::server_config(pki.server_chain(), pki.leaf.key_der());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = portcullis::server::builder().service(service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }));
+    let serving = tokio::spawn(portcullis::server::serve_tls(
+        listener,
+        Arc::new(config),
+        app,
+    ));
+
+    // A slowloris client: connects and never sends a ClientHello.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tcp.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "the server closes the connection");
+    assert!(started.elapsed() >= portcullis::server::HANDSHAKE_TIMEOUT);
+    serving.abort();
+}
