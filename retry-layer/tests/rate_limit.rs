@@ -418,3 +418,25 @@ async fn concurrent_waiters_are_spaced_by_the_quota() {
     offsets.sort();
     assert_eq!(offsets, [0, 1, 2, 3].map(Duration::from_secs));
 }
+
+#[tokio::test(start_paused = true)]
+async fn stacked_limits_report_the_binding_quota() {
+    // A generous per-peer limit over a strict global one: the headers describe the strict one.
+    let (svc, _calls) = ok_service();
+    let mut svc = ServiceBuilder::new()
+        .layer(RateLimitLayer::keyed(
+            quota(30, Duration::from_secs(3600)),
+            PeerIp::new(),
+        ))
+        .layer(RateLimitLayer::new(quota(2, Duration::from_secs(3600))))
+        .service(svc);
+    let first = status(&mut svc, from("192.0.2.1")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["ratelimit-limit"], "2");
+    assert_eq!(first.headers()["ratelimit-remaining"], "1");
+    status(&mut svc, from("192.0.2.1")).await;
+    let third = status(&mut svc, from("192.0.2.1")).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.headers()["ratelimit-limit"], "2");
+    assert_eq!(third.headers()["ratelimit-remaining"], "0");
+}

@@ -67,6 +67,17 @@ pub(crate) fn add_headers(headers: &mut http::HeaderMap, limit: u32, remaining: 
 }
 
 pub(crate) fn allowed_headers(headers: &mut http::HeaderMap, allowed: &Allowed) {
+    // A limiter closer to the service (a per-identity limit under a per-peer one) already
+    // described its quota: keep whichever has less left, so clients see the binding limit.
+    if let Some(inner) = headers
+        .get("ratelimit-remaining")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if inner <= u64::from(allowed.remaining) {
+            return;
+        }
+    }
     add_headers(
         headers,
         allowed.limit,
