@@ -73,10 +73,9 @@ pub(crate) fn allowed_headers(headers: &mut http::HeaderMap, allowed: &Allowed) 
         .get("ratelimit-remaining")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
+        && inner <= u64::from(allowed.remaining)
     {
-        if inner <= u64::from(allowed.remaining) {
-            return;
-        }
+        return;
     }
     add_headers(
         headers,
