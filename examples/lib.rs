@@ -18,7 +18,7 @@ pub mod demo {
     use std::fmt;
     use std::num::NonZeroU32;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, PoisonError, RwLock};
+    use std::sync::{Arc, Mutex, PoisonError};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use bytes::Bytes;
@@ -37,6 +37,7 @@ pub mod demo {
         ClientRateLimitLayer, ExtensionKey, PeerIp, Quota, RateLimitLayer,
     };
     use portcullis::retry::retry::RetryLayer;
+    use portcullis::server::RotatingCert;
     use portcullis::token::require::{Algorithm, JwtValidator, VerificationKey};
     use portcullis::token::secret::KdfParams;
     use portcullis::token::token::{ClientAuth, TokenSet};
@@ -44,9 +45,7 @@ pub mod demo {
         BearerLayer, FileKey, FileStore, OAuthRefresh, RequireBearerLayer, TokenSource,
         VerifiedClaims,
     };
-    use rustls::server::{ClientHello, ResolvesServerCert};
-    use rustls::sign::CertifiedKey;
-    use testkit::pki::{Authority, Issued, TestPki};
+    use testkit::pki::{Authority, TestPki};
     use testkit::server::{TestResponse, TestServer, server_config};
     use tower::{BoxError, Service, ServiceExt, service_fn};
     use tracing_subscriber::layer::SubscriberExt as _;
@@ -119,50 +118,6 @@ pub mod demo {
 
     fn nz(n: u32) -> NonZeroU32 {
         NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
-    }
-
-    // ----- The server's certificate, rotatable while it runs. -----
-
-    /// Serves the current certificate; `rotate` swaps it for new handshakes.
-    #[derive(Debug)]
-    struct RotatingCert(RwLock<Arc<CertifiedKey>>);
-
-    impl RotatingCert {
-        fn new(
-            chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-            leaf: &Issued,
-        ) -> Result<Self, BoxError> {
-            Ok(Self(RwLock::new(Arc::new(certified(chain, leaf)?))))
-        }
-
-        fn rotate(
-            &self,
-            chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-            leaf: &Issued,
-        ) -> Result<(), BoxError> {
-            let key = Arc::new(certified(chain, leaf)?);
-            *self.0.write().unwrap_or_else(PoisonError::into_inner) = key;
-            Ok(())
-        }
-    }
-
-    fn certified(
-        chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-        leaf: &Issued,
-    ) -> Result<CertifiedKey, BoxError> {
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        Ok(CertifiedKey::from_der(chain, leaf.key_der(), &provider)?)
-    }
-
-    impl ResolvesServerCert for RotatingCert {
-        fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-            Some(
-                self.0
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone(),
-            )
-        }
     }
 
     // ----- The OAuth token endpoint. -----
@@ -465,11 +420,8 @@ pub mod demo {
                 ExtensionKey::new(|c: &VerifiedClaims| c.subject().map(str::to_owned)),
             ))
             .service(service_fn(move |req| api(app_state.clone(), req)));
-        let cert = Arc::new(RotatingCert::new(pki.server_chain(), &pki.leaf)?);
-        let mut api_config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(cert.clone());
-        api_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let cert = RotatingCert::new(pki.server_chain(), pki.leaf.key_der())?;
+        let api_config = cert.server_config();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api_port = listener.local_addr()?.port();
         let api_task = tokio::spawn(portcullis::server::serve_tls(
@@ -582,7 +534,7 @@ pub mod demo {
 
             // 3. The server rotates to its backup key; a new connection matches the backup pin.
             {
-                cert.rotate(pki.chain_for(&backup_leaf), &backup_leaf)?;
+                cert.rotate(pki.chain_for(&backup_leaf), backup_leaf.key_der())?;
                 let fresh = stack(make_tls()?);
                 let res = fresh.oneshot(get(api_url("/orders"))?).await;
                 let (lines, passed) = match res {

@@ -2,7 +2,8 @@
 //! require bearer → per-identity rate limit → your service; and [`serve_tls`] to run it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -10,6 +11,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use portcullis_pin::PeerIdentityLayer;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::layer::util::Identity;
@@ -114,6 +118,118 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
         let verified = self.signatures.layer(authorized);
         let admitted = self.pre_auth.layer(verified);
         self.audit.layer(admitted)
+    }
+}
+
+/// A server certificate that can be replaced while the server runs: key rotation without a
+/// restart. New handshakes get the new chain; established connections keep theirs.
+///
+/// Clients that pin a backup key (see [`PinPolicy`](portcullis_pin::PinPolicy)) keep working
+/// across the rotation when the new key is that backup.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # testkit::install_default_provider();
+/// # let pki = testkit::pki::TestPki::new();
+/// # let next = pki.intermediate.issue_leaf();
+/// use portcullis::server::RotatingCert;
+///
+/// let cert = RotatingCert::new(pki.server_chain(), pki.leaf.key_der())?;
+/// let config = cert.server_config(); // for serve_tls
+/// assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+/// cert.rotate(pki.chain_for(&next), next.key_der())?;
+/// assert_eq!(cert.generation(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct RotatingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for RotatingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotatingCert")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RotatingCert {
+    /// Serves `chain` (leaf first) with `key`, using the process's default rustls provider
+    /// (aws-lc-rs when none is installed).
+    ///
+    /// # Errors
+    /// When the key cannot be loaded or does not match the leaf certificate.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(certified(chain, key)?)),
+            generation: AtomicU64::new(0),
+        }))
+    }
+
+    /// Replaces the chain and key for new handshakes. The old pair stays in place when the
+    /// new one is invalid.
+    ///
+    /// # Errors
+    /// When the key cannot be loaded or does not match the leaf certificate.
+    pub fn rotate(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        let next = Arc::new(certified(chain, key)?);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        tracing::info!(
+            target: TARGET,
+            generation,
+            "event.kind" = "event",
+            "event.category" = "configuration",
+            "event.action" = "tls.certificate.rotate",
+            "event.outcome" = "success",
+            "server certificate rotated"
+        );
+        Ok(())
+    }
+
+    /// How many rotations happened.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A server config (no client authentication, ALPN `h2` and `http/1.1`) that presents
+    /// the current certificate. For mTLS, pass this resolver to your own config builder.
+    pub fn server_config(self: &Arc<Self>) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    CertifiedKey::from_der(chain, key, &provider)
+}
+
+impl ResolvesServerCert for RotatingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 

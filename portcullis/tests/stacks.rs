@@ -321,3 +321,63 @@ async fn serve_tls_drops_a_client_that_never_finishes_the_handshake() {
     assert!(started.elapsed() >= portcullis::server::HANDSHAKE_TIMEOUT);
     serving.abort();
 }
+
+#[tokio::test]
+async fn rotating_cert_switches_new_connections_to_the_backup_key() {
+    testkit::install_default_provider();
+    let pki = TestPki::new();
+    let backup = pki.intermediate.issue_leaf();
+    let cert =
+        portcullis::server::RotatingCert::new(pki.server_chain(), pki.leaf.key_der()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = portcullis::server::builder().service(service_fn(|_req: Request<_>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }));
+    let serving = tokio::spawn(portcullis::server::serve_tls(
+        listener,
+        Arc::new(cert.server_config()),
+        app,
+    ));
+    let policy = PinPolicy::builder()
+        .pin("localhost", &[&pki.leaf.spki_pin(), &backup.spki_pin()])
+        .unwrap()
+        .build()
+        .unwrap();
+    // A new client per request: each one makes a full handshake.
+    let matched = || async {
+        let tls = PinnedTls::builder(policy.clone())
+            .root_certificates([pki.root.cert()])
+            .unwrap()
+            .build()
+            .unwrap();
+        let client = portcullis::client::builder()
+            .pinned(tls)
+            .build::<Full<Bytes>>()
+            .unwrap();
+        let req = Request::get(format!("https://localhost:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client.oneshot(req).await.unwrap();
+        res.extensions()
+            .get::<PinnedPeer>()
+            .and_then(|p| p.matched_pin())
+            .map(ToString::to_string)
+    };
+    assert_eq!(matched().await, Some(pki.leaf.spki_pin()));
+
+    // A key that does not match the certificate is refused and the old pair stays.
+    let stranger = pki.intermediate.issue_leaf();
+    assert!(
+        cert.rotate(pki.chain_for(&backup), stranger.key_der())
+            .is_err()
+    );
+    assert_eq!(cert.generation(), 0);
+    assert_eq!(matched().await, Some(pki.leaf.spki_pin()));
+
+    cert.rotate(pki.chain_for(&backup), backup.key_der())
+        .unwrap();
+    assert_eq!(cert.generation(), 1);
+    assert_eq!(matched().await, Some(backup.spki_pin()));
+    serving.abort();
+}
