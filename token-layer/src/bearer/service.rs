@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 use tower_service::Service;
@@ -90,10 +90,11 @@ pub(crate) fn build<B>(
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers.clone();
     *req.extensions_mut() = head.extensions.clone();
-    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
-        .map_err(|_| BoxError::from("access token is not a valid header value"))?;
-    value.set_sensitive(true);
-    req.headers_mut().insert(header::AUTHORIZATION, value);
+    let value = token
+        .header()
+        .ok_or_else(|| BoxError::from("access token is not a valid header value"))?;
+    req.headers_mut()
+        .insert(header::AUTHORIZATION, value.clone());
     Ok(req)
 }
 

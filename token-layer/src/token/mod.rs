@@ -19,12 +19,30 @@ pub use self::source::{TokenSource, TokenSourceBuilder};
 #[derive(Clone)]
 pub struct AccessToken {
     value: Arc<SecretString>,
+    /// `Bearer <token>`, built once per token (marked sensitive); `None` when the token holds
+    /// bytes a header cannot carry.
+    header: Option<http::HeaderValue>,
     generation: u64,
 }
 
 impl AccessToken {
     pub(crate) fn new(value: Arc<SecretString>, generation: u64) -> Self {
-        Self { value, generation }
+        let header = http::HeaderValue::try_from(format!("Bearer {}", value.expose_secret()))
+            .ok()
+            .map(|mut h| {
+                h.set_sensitive(true);
+                h
+            });
+        Self {
+            value,
+            header,
+            generation,
+        }
+    }
+
+    /// The `Authorization` header value, marked sensitive.
+    pub(crate) fn header(&self) -> Option<&http::HeaderValue> {
+        self.header.as_ref()
     }
 
     /// The token text, for the `Authorization` header. Never log it.
