@@ -31,7 +31,7 @@ pub mod demo {
         MemoryReplayCache, SignLayer, SigningKey, StaticKeys, VerifiedSignature,
         VerifySignatureLayer,
     };
-    use portcullis::audit::{AnomalyKind, Auditor, DetectorConfig, Threshold};
+    use portcullis::audit::{AnomalyKind, Auditor, DetectorConfig, MemorySink, Threshold};
     use portcullis::pin::{PinFailure, PinPolicy, PinnedConnector, PinnedPeer, PinnedTls};
     use portcullis::retry::rate_limit::{
         ClientRateLimitLayer, ExtensionKey, PeerIp, Quota, RateLimitLayer,
@@ -329,6 +329,7 @@ pub mod demo {
 
         // --- The audit layer: one auditor for both sides, strict thresholds for a demo. ---
         let anomalies: Arc<Mutex<Vec<String>>> = Arc::default();
+        let records = MemorySink::new(1000);
         let seen = anomalies.clone();
         let minute = Duration::from_secs(60);
         let auditor = Auditor::builder()
@@ -349,6 +350,7 @@ pub mod demo {
                     a.threshold().window().as_secs()
                 ));
             })
+            .sink(records.clone())
             .tracing_records(false)
             .build()?;
         tracing::subscriber::set_global_default(
@@ -726,11 +728,51 @@ pub mod demo {
                 for kind in wanted.iter().filter(|k| !has(**k)) {
                     lines.push(format!("missing anomaly: {kind}"));
                 }
+                // The server's record of the replayed request, with the events it raised.
+                let replay_record = records.with_action("http.request").into_iter().find(|r| {
+                    r["client.address"].is_string()
+                        && r["http.response.status_code"] == 401
+                        && r["portcullis.events"]
+                            .as_array()
+                            .is_some_and(|e| e.iter().any(|e| e["event.reason"] == "replayed"))
+                });
+                match &replay_record {
+                    Some(r) => {
+                        let events: Vec<String> = r["portcullis.events"]
+                            .as_array()
+                            .map(|evs| {
+                                evs.iter()
+                                    .map(|e| {
+                                        format!(
+                                            "{} {} ({})",
+                                            e["event.action"].as_str().unwrap_or("-"),
+                                            e["event.outcome"].as_str().unwrap_or("-"),
+                                            e["event.reason"].as_str().unwrap_or("-")
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        lines.push(format!(
+                            "record of the replay: {} {} -> {} from {} in {} ms; events: {}",
+                            r["http.request.method"].as_str().unwrap_or("-"),
+                            r["url.path"].as_str().unwrap_or("-"),
+                            r["http.response.status_code"],
+                            r["client.address"].as_str().unwrap_or("-"),
+                            r["event.duration"]
+                                .as_f64()
+                                .map(|ns| format!("{:.1}", ns / 1e6))
+                                .unwrap_or_else(|| "?".into()),
+                            events.join(", ")
+                        ));
+                    }
+                    None => lines.push("no audit record of the replayed request".into()),
+                }
                 push(
                     &mut report,
                     "anomalies raised by the audit layer",
                     lines,
-                    wanted.iter().all(|k| has(*k)),
+                    wanted.iter().all(|k| has(*k)) && replay_record.is_some(),
                 );
             }
             Ok::<(), BoxError>(())

@@ -15,6 +15,16 @@
 //! signing, so `authorization` is covered by the signature; rate limiting sits above retry on
 //! the client, so retries count against the quota. Every step is optional.
 //!
+//! On the server, [`server::serve_tls`] runs a stack over rustls with the peer address and
+//! the mTLS [`PeerIdentity`](pin::PeerIdentity) in each request's extensions, handshake
+//! timeouts, and [`server::RotatingCert`] to rotate the server key without a restart.
+//!
+//! The whole story runs in one command, on loopback with certificates minted at start-up:
+//! `cargo run --release --example demo` (pinning, a man in the middle refused, backup-pin
+//! rotation, token rotation, replay and tamper refusals, safe retries, rate limits and the
+//! anomalies the audit layer raises). The `portcullis` binary's `request` subcommand sends
+//! one request through the client stack from the shell, like curl.
+//!
 //! # Example
 //! ```
 //! use std::convert::Infallible;

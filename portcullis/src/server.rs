@@ -242,7 +242,7 @@ pub const TARGET: &str = "portcullis::server";
 
 /// Serves `service` over TLS on `listener` until the task is dropped.
 ///
-/// Each connection's requests carry the peer's [`SocketAddr`](std::net::SocketAddr) and
+/// Each connection's requests carry the peer's [`SocketAddr`] and
 /// [`PeerAddr`](portcullis_retry::rate_limit::PeerAddr) (for rate-limit and audit keys) and,
 /// when the TLS config verified a client certificate (mTLS), its
 /// [`PeerIdentity`](portcullis_pin::PeerIdentity). HTTP/1.1 and HTTP/2 are served (ALPN).

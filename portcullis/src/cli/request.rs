@@ -391,6 +391,7 @@ where
 /// parameters only).
 #[derive(Clone, Debug, Default)]
 struct Sent {
+    request_line: String,
     signature_input: Option<String>,
     authorization: bool,
     attempts: u32,
@@ -427,6 +428,7 @@ async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
         {
             let mut s = lock(&tap);
             s.attempts += 1;
+            s.request_line = format!("{} {}", req.method(), req.uri());
             s.signature_input = req
                 .headers()
                 .get("signature-input")
@@ -547,6 +549,7 @@ fn print_outcome(
     token: Option<String>,
 ) {
     let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "> {}", sent.request_line);
     let pin = match peer.and_then(PinnedPeer::check) {
         Some(c) if c.matched_pin().is_some() => format!(
             "pin: {} matched at {} (pattern {}){}",
