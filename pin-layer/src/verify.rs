@@ -151,7 +151,9 @@ impl Shared {
             Some(&check),
         );
 
-        if entry.take_expiry_warning(wall, self.policy().expiry_warning()) {
+        if entry.expiration().is_some()
+            && entry.take_expiry_warning(wall, self.policy().expiry_warning())
+        {
             self.observers.expiry_warning(peer.host, entry);
         }
 
