@@ -13,6 +13,9 @@ use super::{FileKey, SecretStore, SecretValue, StoreError, check_name};
 /// * macOS / iOS: the Keychain (`apple-keychain` feature).
 /// * Windows: the Credential Manager (`windows-credential-manager` feature).
 ///
+/// Where the platform's feature is off, every call fails with [`StoreError::Keyring`]: the
+/// store never falls back to the `keyring` crate's in-memory mock.
+///
 /// Each secret is one entry, `service` + name. The keyring calls block, so they run on tokio's
 /// blocking pool. OS keyrings have no compare-and-swap: [`SecretStore::compare_and_swap`] is
 /// atomic among clones of this store in one process (an async lock), not across processes.
@@ -154,9 +157,38 @@ fn entry(backend: Backend, service: &str, name: &str) -> Result<keyring::Entry, 
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(
+    not(target_os = "linux"),
+    any(
+        all(
+            any(target_os = "macos", target_os = "ios"),
+            feature = "apple-keychain"
+        ),
+        all(target_os = "windows", feature = "windows-credential-manager"),
+    )
+))]
 fn entry(_backend: Backend, service: &str, name: &str) -> Result<keyring::Entry, StoreError> {
     keyring::Entry::new(service, name).map_err(keyring_err)
+}
+
+/// Without a native backend the `keyring` crate falls back to an in-memory mock: refuse
+/// instead of silently losing secrets.
+#[cfg(all(
+    not(target_os = "linux"),
+    not(any(
+        all(
+            any(target_os = "macos", target_os = "ios"),
+            feature = "apple-keychain"
+        ),
+        all(target_os = "windows", feature = "windows-credential-manager"),
+    ))
+))]
+fn entry(_backend: Backend, _service: &str, _name: &str) -> Result<keyring::Entry, StoreError> {
+    Err(StoreError::Keyring {
+        reason: "no OS keyring backend compiled in for this platform: enable the \
+                 apple-keychain or windows-credential-manager feature of portcullis-token"
+            .to_owned(),
+    })
 }
 
 impl SecretStore for KeyringStore {
