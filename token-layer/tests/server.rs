@@ -364,6 +364,40 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // Even with an HS256 key configured next to the RSA key, a forged HS256 token naming the
+    // RSA kid (or no kid) is refused: each key verifies exactly one algorithm.
+    let hs = Signer::hmac("hs");
+    let both = RequireBearerLayer::new(validator(&[&rsa, &hs]));
+    let resp = call(
+        both.clone(),
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {forged}")),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let forged_no_kid = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&rsa_pub_pem),
+    )
+    .unwrap();
+    let resp = call(
+        both.clone(),
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {forged_no_kid}")),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = call(
+        both,
+        Method::GET,
+        "/",
+        Some(&format!("Bearer {}", hs.good())),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
     // HMAC keys are refused from a JWKS altogether.
     assert!(
         VerificationKey::from_jwk(
