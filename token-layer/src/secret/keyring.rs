@@ -9,7 +9,7 @@ use super::{FileKey, SecretStore, SecretValue, StoreError, check_name};
 ///
 /// * Linux: the kernel keyutils **user** keyring (`@u`), which every process of the user can
 ///   reach and which lives until reboot. With the `secret-service` feature,
-///   [`KeyringStore::secret_service`] uses the freedesktop Secret Service instead.
+///   `KeyringStore::secret_service` uses the freedesktop Secret Service instead.
 /// * macOS / iOS: the Keychain (`apple-keychain` feature).
 /// * Windows: the Credential Manager (`windows-credential-manager` feature).
 ///
