@@ -1,16 +1,20 @@
-//! The server stack: audit → pre-auth rate limit → [mTLS identity] → verify signature →
-//! require bearer → per-identity rate limit → your service; and [`serve_tls`] to run it.
+//! The server stack: audit → pre-auth rate limit → mTLS identity → verify signature →
+//! require bearer → per-identity rate limit → your service; [`serve_tls`] to run it,
+//! [`RotatingCert`] to rotate its key and [`RequireClientIdentityLayer`] for the mTLS step.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use portcullis_pin::PeerIdentityLayer;
+use portcullis_pin::{PeerIdentity, PeerIdentityLayer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,6 +29,7 @@ pub fn builder() -> ServerBuilder {
     ServerBuilder {
         audit: Identity::new(),
         pre_auth: Identity::new(),
+        mtls: Identity::new(),
         signatures: Identity::new(),
         bearer: Identity::new(),
         per_identity: Identity::new(),
@@ -39,19 +44,22 @@ pub struct ServerBuilder<
     Sig = Identity,
     Bea = Identity,
     Per = Identity,
+    Mtl = Identity,
 > {
     audit: Aud,
     pre_auth: Pre,
+    mtls: Mtl,
     signatures: Sig,
     bearer: Bea,
     per_identity: Per,
 }
 
-impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
+impl<Aud, Pre, Sig, Bea, Per, Mtl> ServerBuilder<Aud, Pre, Sig, Bea, Per, Mtl> {
     /// Records each request (e.g. `Auditor::server_layer()`), outermost so refusals are
     /// recorded too.
-    pub fn audit<L>(self, layer: L) -> ServerBuilder<L, Pre, Sig, Bea, Per> {
+    pub fn audit<L>(self, layer: L) -> ServerBuilder<L, Pre, Sig, Bea, Per, Mtl> {
         ServerBuilder {
+            mtls: self.mtls,
             audit: layer,
             pre_auth: self.pre_auth,
             signatures: self.signatures,
@@ -61,8 +69,9 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
     }
 
     /// Limits unauthenticated traffic, keyed by peer address, before any verification work.
-    pub fn pre_auth_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, L, Sig, Bea, Per> {
+    pub fn pre_auth_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, L, Sig, Bea, Per, Mtl> {
         ServerBuilder {
+            mtls: self.mtls,
             audit: self.audit,
             pre_auth: layer,
             signatures: self.signatures,
@@ -71,9 +80,23 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
         }
     }
 
-    /// Verifies RFC 9421 signatures (e.g. `VerifySignatureLayer`).
-    pub fn verify_signatures<L>(self, layer: L) -> ServerBuilder<Aud, Pre, L, Bea, Per> {
+    /// Checks the mTLS client identity that [`serve_tls`] put in the extensions (e.g.
+    /// [`RequireClientIdentityLayer`]).
+    pub fn mtls_identity<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, Bea, Per, L> {
         ServerBuilder {
+            audit: self.audit,
+            pre_auth: self.pre_auth,
+            mtls: layer,
+            signatures: self.signatures,
+            bearer: self.bearer,
+            per_identity: self.per_identity,
+        }
+    }
+
+    /// Verifies RFC 9421 signatures (e.g. `VerifySignatureLayer`).
+    pub fn verify_signatures<L>(self, layer: L) -> ServerBuilder<Aud, Pre, L, Bea, Per, Mtl> {
+        ServerBuilder {
+            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
             signatures: layer,
@@ -83,8 +106,9 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
     }
 
     /// Validates bearer tokens (e.g. `RequireBearerLayer`).
-    pub fn require_bearer<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, L, Per> {
+    pub fn require_bearer<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, L, Per, Mtl> {
         ServerBuilder {
+            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
             signatures: self.signatures,
@@ -94,8 +118,9 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
     }
 
     /// Limits each verified identity (keyed on what the layers above put in extensions).
-    pub fn identity_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, Bea, L> {
+    pub fn identity_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, Bea, L, Mtl> {
         ServerBuilder {
+            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
             signatures: self.signatures,
@@ -110,14 +135,190 @@ impl<Aud, Pre, Sig, Bea, Per> ServerBuilder<Aud, Pre, Sig, Bea, Per> {
         Per: Layer<S>,
         Bea: Layer<Per::Service>,
         Sig: Layer<Bea::Service>,
-        Pre: Layer<Sig::Service>,
+        Mtl: Layer<Sig::Service>,
+        Pre: Layer<Mtl::Service>,
         Aud: Layer<Pre::Service>,
     {
         let limited = self.per_identity.layer(inner);
         let authorized = self.bearer.layer(limited);
         let verified = self.signatures.layer(authorized);
-        let admitted = self.pre_auth.layer(verified);
+        let identified = self.mtls.layer(verified);
+        let admitted = self.pre_auth.layer(identified);
         self.audit.layer(admitted)
+    }
+}
+
+type AllowList = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
+/// Requires a verified mTLS client identity: the [`PeerIdentity`] that [`serve_tls`] puts in
+/// the request extensions when the TLS config verified a client certificate. Requests without
+/// one, or whose identity the allow-list refuses, get `403 Forbidden` with a
+/// `portcullis-reason` header (`missing_client_certificate` or `client_not_allowed`) and never
+/// reach the inner service.
+///
+/// Use it with a rustls config whose client verifier allows unauthenticated clients on some
+/// routes, or to restrict which verified clients may call this service.
+#[derive(Clone)]
+pub struct RequireClientIdentityLayer {
+    allow: Option<AllowList>,
+}
+
+impl std::fmt::Debug for RequireClientIdentityLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequireClientIdentityLayer")
+            .field("allow_list", &self.allow.is_some())
+            .finish()
+    }
+}
+
+impl Default for RequireClientIdentityLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequireClientIdentityLayer {
+    /// Requires any verified client certificate.
+    pub fn new() -> Self {
+        Self { allow: None }
+    }
+
+    /// Also requires `allow` to accept the identity (e.g. a SAN or key pin allow-list).
+    pub fn allow(mut self, allow: impl Fn(&PeerIdentity) -> bool + Send + Sync + 'static) -> Self {
+        self.allow = Some(Arc::new(allow));
+        self
+    }
+}
+
+impl<S> Layer<S> for RequireClientIdentityLayer {
+    type Service = RequireClientIdentity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireClientIdentity {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequireClientIdentityLayer`].
+#[derive(Clone, Debug)]
+pub struct RequireClientIdentity<S> {
+    inner: S,
+    layer: RequireClientIdentityLayer,
+}
+
+impl<S> RequireClientIdentity<S> {
+    /// Wraps `inner`, requiring any verified client certificate.
+    pub fn new(inner: S) -> Self {
+        RequireClientIdentityLayer::new().layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RequireClientIdentity<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let verdict = match req.extensions().get::<PeerIdentity>() {
+            None => Err("missing_client_certificate"),
+            Some(id) if self.layer.allow.as_ref().is_some_and(|allow| !allow(id)) => {
+                Err("client_not_allowed")
+            }
+            Some(_) => Ok(()),
+        };
+        match verdict {
+            Ok(()) => ResponseFuture {
+                state: State::Inner {
+                    future: self.inner.call(req),
+                },
+            },
+            Err(reason) => {
+                let peer = req
+                    .extensions()
+                    .get::<SocketAddr>()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    target: TARGET,
+                    reason,
+                    "event.kind" = "event",
+                    "event.category" = "authentication",
+                    "event.action" = "mtls.identity",
+                    "event.outcome" = "failure",
+                    "event.reason" = reason,
+                    "client.address" = peer,
+                    "url.path" = req.uri().path(),
+                    "request refused: no acceptable client certificate"
+                );
+                let mut res = http::Response::new(ResBody::default());
+                *res.status_mut() = http::StatusCode::FORBIDDEN;
+                res.headers_mut()
+                    .insert("portcullis-reason", http::HeaderValue::from_static(reason));
+                ResponseFuture {
+                    state: State::Refused {
+                        response: Some(res),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequireClientIdentity`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner { #[pin] future: F },
+        Refused { response: Option<http::Response<B>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Inner { future } => future.poll(cx),
+            StateProj::Refused { response } => match response.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -245,7 +446,7 @@ pub const TARGET: &str = "portcullis::server";
 /// Each connection's requests carry the peer's [`SocketAddr`] and
 /// [`PeerAddr`](portcullis_retry::rate_limit::PeerAddr) (for rate-limit and audit keys) and,
 /// when the TLS config verified a client certificate (mTLS), its
-/// [`PeerIdentity`](portcullis_pin::PeerIdentity). HTTP/1.1 and HTTP/2 are served (ALPN).
+/// [`PeerIdentity`]. HTTP/1.1 and HTTP/2 are served (ALPN).
 ///
 /// # Security
 /// A client gets [`HANDSHAKE_TIMEOUT`] to finish the TLS handshake and as long again to send

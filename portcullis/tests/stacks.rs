@@ -91,6 +91,7 @@ async fn full_client_stack_against_full_server_stack_over_mutual_pinned_tls() {
             Quota::per_second(nz(50)).allow_burst(nz(50)),
             PeerIp::new(),
         ))
+        .mtls_identity(portcullis::server::RequireClientIdentityLayer::new())
         .audit(auditor.server_layer())
         .service(service_fn(|req: Request<Full<Bytes>>| async move {
             let ext = req.extensions();
@@ -379,5 +380,81 @@ async fn rotating_cert_switches_new_connections_to_the_backup_key() {
         .unwrap();
     assert_eq!(cert.generation(), 1);
     assert_eq!(matched().await, Some(backup.spki_pin()));
+    serving.abort();
+}
+
+#[tokio::test]
+async fn mtls_identity_step_refuses_missing_and_unlisted_client_certificates() {
+    testkit::install_default_provider();
+    let pki = TestPki::new();
+    let devices = Authority::root("Device CA");
+    let allowed = devices.issue(&LeafSpec::client("device-1.devices.test"));
+    let unlisted = devices.issue(&LeafSpec::client("device-2.devices.test"));
+    // Client certificates are optional at the TLS level; the stack decides.
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(devices.root_store()))
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.server_chain(), pki.leaf.key_der())
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let reached = Arc::new(AtomicUsize::new(0));
+    let counter = reached.clone();
+    let app =
+        portcullis::server::builder()
+            .mtls_identity(portcullis::server::RequireClientIdentityLayer::new().allow(
+                |id: &PeerIdentity| id.sans().iter().any(|s| s == "DNS:device-1.devices.test"),
+            ))
+            .service(service_fn(move |_req: Request<_>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+            }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = tokio::spawn(portcullis::server::serve_tls(
+        listener,
+        Arc::new(config),
+        app,
+    ));
+
+    let call = |cert: Option<&testkit::pki::Issued>| {
+        let mut builder = PinnedTls::builder(PinPolicy::builder().build().unwrap())
+            .root_certificates([pki.root.cert()])
+            .unwrap();
+        if let Some(c) = cert {
+            builder = builder.client_auth_cert(vec![c.cert.clone()], c.key_der());
+        }
+        let client = portcullis::client::builder()
+            .pinned(builder.build().unwrap())
+            .build::<Full<Bytes>>()
+            .unwrap();
+        let req = Request::get(format!("https://localhost:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        async move {
+            let res = client.oneshot(req).await.unwrap();
+            let reason = res
+                .headers()
+                .get("portcullis-reason")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (res.status(), reason)
+        }
+    };
+    assert_eq!(
+        call(None).await,
+        (
+            StatusCode::FORBIDDEN,
+            Some("missing_client_certificate".into())
+        )
+    );
+    assert_eq!(
+        call(Some(&unlisted)).await,
+        (StatusCode::FORBIDDEN, Some("client_not_allowed".into()))
+    );
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+    assert_eq!(call(Some(&allowed)).await, (StatusCode::OK, None));
+    assert_eq!(reached.load(Ordering::SeqCst), 1);
     serving.abort();
 }
