@@ -682,3 +682,48 @@ async fn tokens_from_the_file_store_are_sent_as_bearer_and_refreshed_when_due() 
     assert_eq!(code(&out), 64, "{}", stderr(&out));
     assert_eq!(api.requests(), 4, "requests that were sent");
 }
+
+#[tokio::test]
+async fn policy_files_pin_the_host_and_report_only_mismatches_exit_1() {
+    let pki = TestPki::new();
+    let stranger = TestPki::named("Stranger");
+    let server = TestServer::https(server_config(pki.server_chain(), pki.leaf.key_der())).await;
+    let dir = TempDir::new("policy");
+    let ca = dir.write("ca.pem", pki.root.cert_pem());
+    let enforce = dir.write(
+        "enforce.toml",
+        format!(
+            "[[host]]\npattern = \"localhost\"\npins = [\"{}\", \"{}\"]\n",
+            pki.root.spki_pin(),
+            stranger.root.spki_pin()
+        ),
+    );
+    let out = run(&[
+        &server.url("/"),
+        "--ca-file",
+        &ca,
+        "--policy",
+        &enforce,
+        "-v",
+    ])
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("matched at root"), "{}", stderr(&out));
+
+    let report_only = dir.write(
+        "report.toml",
+        format!(
+            "[[host]]\npattern = \"localhost\"\nmode = \"report_only\"\npins = [\"{}\", \"{}\"]\n",
+            stranger.root.spki_pin(),
+            stranger.leaf.spki_pin()
+        ),
+    );
+    let out = run(&[&server.url("/"), "--ca-file", &ca, "--policy", &report_only]).await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "hello",
+        "report-only lets the request through"
+    );
+    assert!(stderr(&out).contains("report-only"), "{}", stderr(&out));
+}
