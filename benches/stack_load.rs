@@ -77,6 +77,8 @@ const HUGE: u32 = 1_000_000_000;
 const ISSUER: &str = "https://login.bench";
 const AUDIENCE: &str = "bench";
 const KEY_ID: &str = "loadgen";
+const BARE_SERVER: &str = "bare axum Router (baseline)";
+const FULL_SERVER: &str = "full server stack";
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
@@ -258,7 +260,11 @@ async fn token_source()
 }
 
 /// Every arm of the client table, against the server on `port`.
-async fn client_arms(tls: &Tls, port: u16) -> Result<Vec<(&'static str, ClientArm)>, BoxError> {
+async fn client_arms(
+    tls: &Tls,
+    port: u16,
+    auditor: &Auditor,
+) -> Result<Vec<(&'static str, ClientArm)>, BoxError> {
     let url = format!("https://localhost:{port}{PATH}");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -296,10 +302,6 @@ async fn client_arms(tls: &Tls, port: u16) -> Result<Vec<(&'static str, ClientAr
         .root_certificates([tls.pki.root.cert()])?
         .build()?;
     let sign_key = SigningKey::generate_ed25519("bench-device")?;
-    let auditor = Auditor::builder()
-        .sink(MemorySink::new(1024))
-        .tracing_records(false)
-        .build()?;
 
     let mut arms: Vec<(&'static str, ClientArm)> = vec![
         ("bare hyper client (baseline)", arm(bare(), url.clone())),
@@ -358,6 +360,18 @@ async fn client_arms(tls: &Tls, port: u16) -> Result<Vec<(&'static str, ClientAr
     Ok(arms)
 }
 
+/// The client's auditor, its collector installed on this thread for every arm (the client
+/// runs on a current-thread runtime), as in an application that audits.
+fn client_auditor() -> Result<(Auditor, tracing::subscriber::DefaultGuard), BoxError> {
+    let auditor = Auditor::builder()
+        .sink(MemorySink::new(1024))
+        .tracing_records(false)
+        .build()?;
+    let guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.collector()));
+    Ok((auditor, guard))
+}
+
 /// Starts the bare server of the client table on its own runtime thread.
 fn start_client_table_server(tls: &Tls, rt: &tokio::runtime::Runtime) -> Result<u16, BoxError> {
     let (listener, port) = rt.block_on(bind())?;
@@ -408,11 +422,8 @@ fn client_report(secs: f64) -> Result<(), BoxError> {
     let server_rt = server_runtime()?;
     let port = start_client_table_server(&tls, &server_rt)?;
     let rt = runtime()?;
-    // The audit collector is installed for every arm, as in an application that audits.
-    let auditor = Auditor::builder().tracing_records(false).build()?;
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.collector()));
-    let mut arms = rt.block_on(client_arms(&tls, port))?;
+    let (auditor, _guard) = client_auditor()?;
+    let mut arms = rt.block_on(client_arms(&tls, port, &auditor))?;
     let window = Duration::from_secs_f64(secs / f64::from(ROUNDS));
     let mut samples: Vec<Samples> = arms.iter().map(|_| Samples::default()).collect();
     rt.block_on(async {
@@ -520,6 +531,8 @@ fn unhex(s: &str) -> Result<Vec<u8>, BoxError> {
 struct Servers {
     ports: Vec<(&'static str, u16)>,
     root_pem_path: std::path::PathBuf,
+    /// The server auditor's latest records.
+    records: MemorySink,
 }
 
 fn start_servers(
@@ -527,54 +540,103 @@ fn start_servers(
     keys: &RunKeys,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Servers, BoxError> {
-    let mut ports = Vec::new();
-
-    let (listener, port) = rt.block_on(bind())?;
-    rt.spawn(serve_bare(listener, tls.server.clone(), router()));
-    ports.push(("bare axum Router (baseline)", port));
-
-    let (listener, port) = rt.block_on(bind())?;
-    let app = portcullis::server::builder().service(router());
-    rt.spawn(portcullis::server::serve_tls(
-        listener,
-        tls.server.clone(),
-        app,
-    ));
-    ports.push(("serve_tls, no layer", port));
-
+    fn serve<S, B>(rt: &tokio::runtime::Runtime, tls: &Tls, service: S) -> Result<u16, BoxError>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (listener, port) = rt.block_on(bind())?;
+        rt.spawn(portcullis::server::serve_tls(
+            listener,
+            tls.server.clone(),
+            service,
+        ));
+        Ok(port)
+    }
     let hmac = SigningKey::hmac_sha256(KEY_ID, &SecretSlice::from(keys.hmac.clone()))?;
-    let validator = JwtValidator::builder()
-        .issuer(ISSUER)
-        .audience(AUDIENCE)
-        .key(VerificationKey::hmac(Algorithm::HS256, &keys.jwt_secret)?)
-        .build()?;
+    let verify = || {
+        VerifySignatureLayer::builder(StaticKeys::new().with(KEY_ID, hmac.verifying_key()))
+            // A fresh nonce per request: room for all of them.
+            .replay_cache(MemoryReplayCache::new(20_000_000))
+            .build()
+    };
+    let bearer = || -> Result<RequireBearerLayer, BoxError> {
+        let validator = JwtValidator::builder()
+            .issuer(ISSUER)
+            .audience(AUDIENCE)
+            .key(VerificationKey::hmac(Algorithm::HS256, &keys.jwt_secret)?)
+            .build()?;
+        Ok(RequireBearerLayer::new(validator).scopes(["bench:read"]))
+    };
+    let records = MemorySink::new(1024);
     let auditor = Auditor::builder()
-        .sink(MemorySink::new(1024))
+        .sink(records.clone())
         .tracing_records(false)
         .build()?;
-    let stack = portcullis::server::builder()
+    // Process-wide, as an audited server installs it: the connection tasks that serve_tls
+    // spawns report their layers' events to the collector. Ignored when one is set already.
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(auditor.collector()),
+    );
+
+    let mut ports = Vec::new();
+    let (listener, port) = rt.block_on(bind())?;
+    rt.spawn(serve_bare(listener, tls.server.clone(), router()));
+    ports.push((BARE_SERVER, port));
+    let server = portcullis::server::builder;
+    ports.push((
+        "serve_tls, no layer",
+        serve(rt, tls, server().service(router()))?,
+    ));
+    ports.push((
+        "serve_tls + audit (server_layer)",
+        serve(
+            rt,
+            tls,
+            server().audit(auditor.server_layer()).service(router()),
+        )?,
+    ));
+    ports.push((
+        "serve_tls + pre-auth rate limit (per IP)",
+        serve(
+            rt,
+            tls,
+            server()
+                .pre_auth_rate_limit(RateLimitLayer::keyed(huge_quota(), PeerIp::new()))
+                .service(router()),
+        )?,
+    ));
+    ports.push((
+        "serve_tls + verify signatures (HMAC, replay cache)",
+        serve(
+            rt,
+            tls,
+            server().verify_signatures(verify()?).service(router()),
+        )?,
+    ));
+    ports.push((
+        "serve_tls + require bearer (HS256 JWT)",
+        serve(
+            rt,
+            tls,
+            server().require_bearer(bearer()?).service(router()),
+        )?,
+    ));
+    let stack = server()
         .audit(auditor.server_layer())
         .pre_auth_rate_limit(RateLimitLayer::keyed(huge_quota(), PeerIp::new()))
-        .verify_signatures(
-            VerifySignatureLayer::builder(StaticKeys::new().with(KEY_ID, hmac.verifying_key()))
-                // A fresh nonce per request: room for all of them.
-                .replay_cache(MemoryReplayCache::new(20_000_000))
-                .build()?,
-        )
-        .require_bearer(RequireBearerLayer::new(validator).scopes(["bench:read"]))
+        .verify_signatures(verify()?)
+        .require_bearer(bearer()?)
         .identity_rate_limit(RateLimitLayer::keyed(
             huge_quota(),
             ExtensionKey::new(|c: &VerifiedClaims| c.subject().map(str::to_owned)),
         ))
         .service(router());
-    let (listener, port) = rt.block_on(bind())?;
-    let subscriber = tracing_subscriber::registry().with(auditor.collector());
-    let dispatch = tracing::Dispatch::new(subscriber);
-    rt.spawn(tracing::instrument::WithSubscriber::with_subscriber(
-        portcullis::server::serve_tls(listener, tls.server.clone(), stack),
-        dispatch,
-    ));
-    ports.push(("full server stack", port));
+    ports.push((FULL_SERVER, serve(rt, tls, stack)?));
 
     let root_pem_path =
         std::env::temp_dir().join(format!("portcullis-bench-root-{}.der", std::process::id()));
@@ -582,6 +644,7 @@ fn start_servers(
     Ok(Servers {
         ports,
         root_pem_path,
+        records,
     })
 }
 
@@ -1078,7 +1141,8 @@ fn smoke() -> Result<(), BoxError> {
     let server_rt = server_runtime()?;
     let port = start_client_table_server(&tls, &server_rt)?;
     let rt = runtime()?;
-    let mut arms = rt.block_on(client_arms(&tls, port))?;
+    let (auditor, _guard) = client_auditor()?;
+    let mut arms = rt.block_on(client_arms(&tls, port, &auditor))?;
     for (name, call) in arms.iter_mut() {
         for _ in 0..3 {
             let status = rt.block_on(call())?;
@@ -1095,14 +1159,35 @@ fn smoke() -> Result<(), BoxError> {
         let out = spawn_loadgen(&servers, *port, 2, 30.0, 10, &keys, Some(&token))?;
         assert_eq!((out.ok, out.errors), (10, 0), "server arm {name:?}");
     }
-    let (_, stack_port) = servers.ports[2];
+    let port_of = |name: &str| {
+        servers
+            .ports
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| *p)
+            .ok_or("server arm missing")
+    };
+    let stack_port = port_of(FULL_SERVER)?;
     let out = spawn_loadgen(&servers, stack_port, 1, 30.0, 3, &keys, None)?;
     assert_eq!(
         (out.ok, out.errors),
         (0, 3),
         "the stack must refuse a missing token"
     );
-    let (_, bare_port) = servers.ports[0];
+    // The full stack's audit records carry the events its layers raised (the audit-only
+    // arm shares the auditor; its records have none).
+    let records = servers.records.with_action("http.request");
+    let full = records.iter().find(|r| {
+        let events = r["portcullis.events"].to_string();
+        events.contains("signature.verify") && events.contains("bearer.validate")
+    });
+    assert!(
+        full.is_some_and(|r| r["http.response.status_code"] == 200),
+        "no audit record with the stack's events among {} records, last: {}",
+        records.len(),
+        records.last().map(ToString::to_string).unwrap_or_default()
+    );
+    let bare_port = port_of(BARE_SERVER)?;
     let out = spawn_loadgen(&servers, bare_port, 1, 30.0, 3, &keys, None)?;
     assert_eq!((out.ok, out.errors), (3, 0));
 
@@ -1121,7 +1206,7 @@ fn smoke() -> Result<(), BoxError> {
         assert!(bound <= 200, "{arm}: small bound expected, got {bound}");
     }
     println!(
-        "stack_load: smoke ok (8 client arms, 3 server arms via a second process, memory bounds)"
+        "stack_load: smoke ok (8 client arms, 7 server arms via a second process, memory bounds)"
     );
     Ok(())
 }
