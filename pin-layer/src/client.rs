@@ -24,7 +24,7 @@ use tokio_rustls::client::TlsStream;
 use crate::observe::{Observers, PinCheck, PinReport};
 use crate::pin::Pin as KeyPin;
 use crate::policy::PinPolicy;
-use crate::verify::{CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared};
+use crate::verify::{CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared, trust_anchor};
 
 /// Pinned TLS for clients: one policy, many ways to use it.
 ///
@@ -206,14 +206,9 @@ impl PinnedTlsBuilder {
         certs: impl IntoIterator<Item = CertificateDer<'a>>,
     ) -> Result<Self, BuildError> {
         for cert in certs {
-            let anchor = webpki::anchor_from_trusted_cert(&cert)
-                .map_err(|e| BuildError::InvalidRoot(e.to_string()))?;
-            let spki = webpki::spki_for_anchor(&anchor);
-            self.anchor_certs.insert(
-                KeyPin::from_spki_der(spki.as_ref()),
-                KeyPin::from_certificate_der(cert.as_ref()),
-            );
-            self.roots.roots.push(anchor.to_owned());
+            let (anchor, spki_pin, cert_pin) = trust_anchor(&cert)?;
+            self.anchor_certs.insert(spki_pin, cert_pin);
+            self.roots.roots.push(anchor);
         }
         Ok(self)
     }
@@ -358,6 +353,9 @@ pub enum BuildError {
     /// rustls refused the configuration.
     #[error("invalid TLS configuration: {0}")]
     Tls(rustls::Error),
+    /// The pins break a policy rule (no pins, or a single pin without the named opt-out).
+    #[error("invalid pins: {0}")]
+    Policy(#[from] crate::PolicyError),
 }
 
 /// TLS sessions that are all forgotten when the policy changes: a resumed session skips

@@ -18,7 +18,7 @@ use crate::client::BuildError;
 use crate::observe::{Observers, PinCheck};
 use crate::pin::Pin;
 use crate::policy::{Mode, PinEntry, Position};
-use crate::verify::{Peer, PinFailure, Shared};
+use crate::verify::{Peer, PinFailure, Shared, trust_anchor};
 
 /// The name client pins are reported under.
 const CLIENTS: &str = "mtls-clients.invalid";
@@ -118,28 +118,19 @@ impl PinnedClientVerifierBuilder {
         let mut subjects = Vec::new();
         let mut anchor_certs = std::collections::HashMap::new();
         for cert in &self.roots {
-            let anchor = webpki::anchor_from_trusted_cert(cert)
-                .map_err(|e| BuildError::InvalidRoot(e.to_string()))?;
+            let (anchor, spki_pin, cert_pin) = trust_anchor(cert)?;
             subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
-            let spki = webpki::spki_for_anchor(&anchor);
-            anchor_certs.insert(
-                Pin::from_spki_der(spki.as_ref()),
-                Pin::from_certificate_der(cert.as_ref()),
-            );
-            anchors.push(anchor.to_owned());
+            anchor_certs.insert(spki_pin, cert_pin);
+            anchors.push(anchor);
         }
-        let mut entry = PinEntry::new(CLIENTS, self.pins)
-            .map_err(|e| BuildError::InvalidRoot(e.to_string()))?
+        let mut entry = PinEntry::new(CLIENTS, self.pins)?
             .mode(self.mode)
             .position(self.position);
         if self.allow_single_pin {
             entry = entry.allow_single_pin();
         }
         // Validate the entry with the same rules as host entries.
-        let policy = crate::PinPolicy::builder()
-            .entry(entry.clone())
-            .build()
-            .map_err(|e| BuildError::InvalidRoot(e.to_string()))?;
+        let policy = crate::PinPolicy::builder().entry(entry.clone()).build()?;
         let provider = rustls::crypto::aws_lc_rs::default_provider();
         let shared = Shared::new(
             anchors,

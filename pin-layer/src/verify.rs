@@ -271,6 +271,21 @@ impl Shared {
     }
 }
 
+/// A trusted root certificate as a webpki trust anchor, with its (SPKI pin, certificate pin)
+/// so certificate-fingerprint pins can match trust anchors too.
+pub(crate) fn trust_anchor(
+    cert: &CertificateDer<'_>,
+) -> Result<(TrustAnchor<'static>, Pin, Pin), crate::BuildError> {
+    let anchor = webpki::anchor_from_trusted_cert(cert)
+        .map_err(|e| crate::BuildError::InvalidRoot(e.to_string()))?;
+    let spki = Pin::from_spki_der(webpki::spki_for_anchor(&anchor).as_ref());
+    Ok((
+        anchor.to_owned(),
+        spki,
+        Pin::from_certificate_der(cert.as_ref()),
+    ))
+}
+
 /// Who is being verified.
 pub(crate) struct Peer<'a> {
     pub(crate) host: &'a str,

@@ -944,3 +944,33 @@ async fn cross_signed_chain_pin_matches_on_any_valid_path() {
     let err = get(&client(&tls), &server.url("/")).await.unwrap_err();
     pin_failure(&err);
 }
+
+#[test]
+fn mtls_verifier_reports_pin_rule_errors_as_policy_errors() {
+    use portcullis_pin::{BuildError, PinnedClientVerifier, PolicyError};
+    let ca = Authority::root("Device CA");
+    let err = PinnedClientVerifier::builder([pin(&unused_pin())])
+        .root_certificates([ca.cert()])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::Policy(PolicyError::BackupPinRequired { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("invalid pins:"), "{err}");
+    // With the named opt-out, one pin is accepted.
+    PinnedClientVerifier::builder([pin(&unused_pin())])
+        .root_certificates([ca.cert()])
+        .allow_single_pin()
+        .build()
+        .unwrap();
+    // A root that is not a certificate is still a root error.
+    let err = PinnedClientVerifier::builder([pin(&unused_pin()), pin(&unused_pin())])
+        .root_certificates([rustls_pki_types::CertificateDer::from(vec![1, 2, 3])])
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::InvalidRoot(_)), "{err:?}");
+}
