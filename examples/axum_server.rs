@@ -2,13 +2,16 @@
 //! `portcullis::server::serve_tls`, called by a pinned hyper client that signs its requests.
 //!
 //! Stack (outermost first): audit → pre-auth rate limit by peer IP → RFC 9421 signature
-//! verification → bearer JWT validation with per-route scopes → per-identity rate limit →
-//! the axum router, whose handler reads the verified claims from the request extensions.
+//! verification → DPoP proof verification (RFC 9449) → bearer JWT validation with per-route
+//! scopes and DPoP binding → per-identity rate limit → the axum router, whose handler reads
+//! the verified claims from the request extensions.
 //!
 //! The example checks what a user would see and exits non-zero when anything differs:
 //! `200` with a valid token, `401` without one (or with a forged one, or unsigned), `403` on a
-//! missing scope, `429` after a burst (per identity first, then per peer IP before any
-//! verification work), one audit record per request and the anomalies the detector raised.
+//! missing scope, `200` for a DPoP-bound token with its device's proof and `401` for the same
+//! token stolen and sent as `Bearer`, `429` after a burst (per identity first, then per peer
+//! IP before any verification work), one audit record per request and the anomalies the
+//! detector raised.
 //!
 //! ```sh
 //! cargo run -p portcullis-examples --example axum_server
@@ -28,7 +31,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis::attest::{
-    SignLayer, SigningKey, StaticKeys, VerifiedSignature, VerifySignatureLayer,
+    DpopLayer, SignLayer, SigningKey, StaticKeys, VerifiedSignature, VerifyDpopLayer,
+    VerifySignatureLayer,
 };
 use portcullis::audit::{AnomalyKind, Auditor, DetectorConfig, MemorySink, Threshold};
 use portcullis::pin::{PinPolicy, PinnedTls};
@@ -89,10 +93,22 @@ struct Issuer {
 impl Issuer {
     fn token(&self, subject: &str, scope: &str) -> Result<String, BoxError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let claims = json!({
+        self.sign(json!({
             "iss": "https://login.example", "aud": "orders-api", "sub": subject,
             "iat": now, "exp": now + 300, "scope": scope,
-        });
+        }))
+    }
+
+    /// A token bound to a device key (RFC 9449 `cnf.jkt`): only that key's proofs make it work.
+    fn bound_token(&self, subject: &str, scope: &str, jkt: &str) -> Result<String, BoxError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        self.sign(json!({
+            "iss": "https://login.example", "aud": "orders-api", "sub": subject,
+            "iat": now, "exp": now + 300, "scope": scope, "cnf": { "jkt": jkt },
+        }))
+    }
+
+    fn sign(&self, claims: Value) -> Result<String, BoxError> {
         Ok(jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::ES256),
             &claims,
@@ -113,9 +129,22 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone,
     S::Error: Into<BoxError>,
 {
+    send_as(client, url, token.map(|t| format!("Bearer {t}"))).await
+}
+
+/// Sends `GET url` with `authorization` as the whole `Authorization` value.
+async fn send_as<S>(
+    client: &S,
+    url: &str,
+    authorization: Option<String>,
+) -> Result<Answer, BoxError>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Incoming>> + Clone,
+    S::Error: Into<BoxError>,
+{
     let mut req = Request::get(url);
-    if let Some(token) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    if let Some(value) = authorization {
+        req = req.header(header::AUTHORIZATION, value);
     }
     let res = client
         .clone()
@@ -171,6 +200,8 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         key: jsonwebtoken::EncodingKey::from_ec_der(login.key.secret_pkcs8_der()),
     };
     let device_key = SigningKey::generate_ed25519("device-1")?;
+    // Carol's phone holds a DPoP key; her access token is bound to it.
+    let carol_dpop = DpopLayer::new(SigningKey::generate_ecdsa_p256("carol-phone")?)?;
 
     // --- Audit: records in memory, anomalies collected by a hook. ---
     let records = MemorySink::new(1_000);
@@ -214,6 +245,9 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     let per_ip = Quota::per_hour(NonZeroU32::new(PER_IP_BURST).ok_or("zero quota")?);
     let per_identity = Quota::per_hour(NonZeroU32::new(PER_IDENTITY_BURST).ok_or("zero quota")?);
 
+    // DPoP's htu is checked against the service's own public origin, never the Host header.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
     let app = Router::new()
         .route("/orders", get(list_orders))
         .route("/admin/users", get(admin_users));
@@ -230,6 +264,12 @@ pub(crate) async fn run() -> Result<(), BoxError> {
             )
             .build()?,
         )
+        .verify_dpop(
+            VerifyDpopLayer::builder()
+                .origin(format!("https://localhost:{port}"))
+                .proof_optional() // plain bearer clients too; bound tokens still need a proof
+                .build()?,
+        )
         .require_bearer(RequireBearerLayer::new(validator).routes(scopes))
         .identity_rate_limit(RateLimitLayer::keyed(
             per_identity,
@@ -237,8 +277,6 @@ pub(crate) async fn run() -> Result<(), BoxError> {
         ))
         .service(app);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
     let config = Arc::new(testkit::server::server_config(
         api.server_chain(),
         api.leaf.key_der(),
@@ -320,8 +358,28 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     sent += 1;
     expect("unsigned request", &plain, StatusCode::UNAUTHORIZED)?;
 
+    println!("\n6. carol's DPoP-bound token, with a proof from her phone's key, then stolen");
+    let jkt = carol_dpop.jkt().to_owned();
+    let carol = issuer.bound_token("carol", "orders:read", &jkt)?;
+    let phone = tower::ServiceBuilder::new()
+        .layer(carol_dpop)
+        .service(client.clone());
+    let bound = send_as(&phone, &url("/orders"), Some(format!("DPoP {carol}"))).await?;
+    sent += 1;
+    expect("bound token with its proof", &bound, StatusCode::OK)?;
+    let stolen = send(&client, &url("/orders"), Some(&carol)).await?;
+    sent += 1;
+    expect(
+        "the same token stolen, sent as Bearer",
+        &stolen,
+        StatusCode::UNAUTHORIZED,
+    )?;
+    if !header_str(&stolen, "www-authenticate").starts_with("DPoP") {
+        return Err("a stolen bound token refused without a DPoP challenge".into());
+    }
+
     println!(
-        "\n6. alice bursts: the per-identity limit ({PER_IDENTITY_BURST}/hour) answers 429, bob still passes"
+        "\n7. alice bursts: the per-identity limit ({PER_IDENTITY_BURST}/hour) answers 429, bob still passes"
     );
     let mut statuses = Vec::new();
     for _ in 1..PER_IDENTITY_BURST {
@@ -344,7 +402,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     expect("bob, same peer IP", &other, StatusCode::OK)?;
 
     println!(
-        "\n7. an unauthenticated flood from 127.0.0.1: the pre-auth limit ({PER_IP_BURST}/hour) answers 429 before any verification"
+        "\n8. an unauthenticated flood from 127.0.0.1: the pre-auth limit ({PER_IP_BURST}/hour) answers 429 before any verification"
     );
     let mut unauthorized = 0;
     let flood = loop {
@@ -375,7 +433,7 @@ pub(crate) async fn run() -> Result<(), BoxError> {
     // --- What the audit layer recorded. ---
     auditor.flush();
     let requests = records.with_action("http.request");
-    println!("\n8. audit: {} request records", requests.len());
+    println!("\n9. audit: {} request records", requests.len());
     let mut by_status = std::collections::BTreeMap::<String, usize>::new();
     for r in &requests {
         *by_status

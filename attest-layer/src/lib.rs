@@ -14,7 +14,7 @@
 //! | [`SignLayer`] | client | `Content-Digest`, `Signature-Input`, `Signature` on each call |
 //! | [`VerifySignatureLayer`] | server | verifies, puts [`VerifiedSignature`] in extensions, 401 + reason otherwise |
 //! | [`DpopLayer`] | client | `DPoP` proof per request, server nonce retry |
-//! | [`VerifyDpopLayer`] | server | proof checks, `jti` replay, `ath`, `cnf.jkt` hook, server nonces |
+//! | [`VerifyDpopLayer`] | server | proof checks, `htu` against configured origins, `jti` replay, `ath`, server nonces; leaves the proof for the token's `cnf.jkt` check |
 //! | [`AttachAttestationLayer`] | client | attaches the platform's attestation token |
 //! | [`AttestationLayer`] | server | required / optional / off per route |
 //!

@@ -49,8 +49,14 @@ async fn check(server: &VerifyDpopLayer, req: Request<Full<Bytes>>) -> (u16, Str
     (res.status().as_u16(), reason)
 }
 
+/// The service's configured public origins: `htu` is checked against these, never `Host`.
 fn server() -> VerifyDpopLayer {
-    VerifyDpopLayer::builder().clock(|| NOW).build()
+    VerifyDpopLayer::builder()
+        .origin("https://api.example.com")
+        .origin("https://a.example")
+        .clock(|| NOW)
+        .build()
+        .unwrap()
 }
 
 fn get(uri: &str) -> Request<Full<Bytes>> {
@@ -115,13 +121,75 @@ async fn wrong_htu_or_htm_is_refused() {
 }
 
 #[tokio::test]
-async fn an_origin_form_request_is_matched_through_host_and_scheme() {
+async fn an_origin_form_request_is_matched_through_the_configured_origin() {
     let key = SigningKey::generate_ed25519("d").unwrap();
-    let mut req = proof_for(&client(&key), get("https://api.example.com:443/v1/me")).await;
+    let mut req = proof_for(&client(&key), get("https://API.example.com:443/v1/me")).await;
+    *req.uri_mut() = "/v1/me".parse().unwrap();
+    assert_eq!(check(&server(), req).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_proof_for_another_server_is_refused_whatever_the_host_header_says() {
+    let key = SigningKey::generate_ed25519("d").unwrap();
+    // Captured at another resource server, replayed here with its Host (origin form) or its
+    // absolute URI (absolute form): the configured origin decides, not the client.
+    let mut req = proof_for(&client(&key), get("https://other.example/v1/me")).await;
     *req.uri_mut() = "/v1/me".parse().unwrap();
     req.headers_mut()
-        .insert("host", "API.example.com".parse().unwrap());
-    assert_eq!(check(&server(), req).await.0, 200);
+        .insert("host", "other.example".parse().unwrap());
+    assert_eq!(
+        check(&server(), req).await,
+        (401, "dpop_htu_mismatch".into())
+    );
+    let req = proof_for(&client(&key), get("https://other.example/v1/me")).await;
+    assert_eq!(
+        check(&server(), req).await,
+        (401, "dpop_htu_mismatch".into())
+    );
+}
+
+#[test]
+fn an_origin_is_required_and_checked_at_build_time() {
+    use portcullis_attest::dpop::DpopConfigError;
+    assert_eq!(
+        VerifyDpopLayer::builder().build().unwrap_err(),
+        DpopConfigError::NoOrigin
+    );
+    for bad in [
+        "api.example.com",
+        "ftp://api.example.com",
+        "https://a.example/x?q=1",
+    ] {
+        let err = VerifyDpopLayer::builder().origin(bad).build().unwrap_err();
+        assert!(
+            matches!(err, DpopConfigError::InvalidOrigin { .. }),
+            "{bad}: {err}"
+        );
+    }
+    assert!(
+        VerifyDpopLayer::builder()
+            .origin("https://a.example")
+            .algorithms([jsonwebtoken::Algorithm::HS256])
+            .build()
+            .is_err(),
+        "a symmetric algorithm is never accepted"
+    );
+}
+
+#[tokio::test]
+async fn a_path_prefix_in_the_origin_is_part_of_htu() {
+    let key = SigningKey::generate_ed25519("d").unwrap();
+    let server = VerifyDpopLayer::builder()
+        .origin("https://gw.example/api/")
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let mut req = proof_for(&client(&key), get("https://gw.example/api/v1/me")).await;
+    *req.uri_mut() = "/v1/me".parse().unwrap();
+    assert_eq!(check(&server, req).await.0, 200);
+    let mut req = proof_for(&client(&key), get("https://gw.example/v1/me")).await;
+    *req.uri_mut() = "/v1/me".parse().unwrap();
+    assert_eq!(check(&server, req).await.1, "dpop_htu_mismatch");
 }
 
 #[tokio::test]
@@ -271,41 +339,53 @@ async fn symmetric_algorithms_none_wrong_typ_and_private_jwks_are_refused() {
     );
 }
 
-/// What an access-token layer would have put into the extensions (test-local type).
-#[derive(Clone)]
-struct TokenClaims {
-    cnf_jkt: String,
+#[tokio::test]
+async fn the_proof_reaches_inner_layers_with_its_key_and_checked_ath() {
+    let holder = SigningKey::generate_ecdsa_p256("holder").unwrap();
+    let layer = client(&holder);
+    assert_eq!(
+        jwk_thumbprint(&holder.public_jwk().unwrap()).unwrap(),
+        layer.jkt()
+    );
+    let req = proof_for(&layer, get("https://a.example/x")).await;
+    let seen: Arc<Mutex<Option<VerifiedDpop>>> = Arc::default();
+    let s = seen.clone();
+    let inner = service_fn(move |req: Request<Full<Bytes>>| {
+        *s.lock().unwrap() = req.extensions().get::<VerifiedDpop>().cloned();
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+    });
+    let res = server().layer(inner).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let proof = seen.lock().unwrap().take().expect("proof in extensions");
+    assert_eq!(proof.jkt(), layer.jkt());
+    assert_eq!(proof.ath(), Some(access_token_hash("tok-123").as_str()));
+    assert_eq!(proof.htu(), "https://a.example/x");
 }
 
 #[tokio::test]
-async fn the_access_token_cnf_jkt_binding_is_enforced_through_the_hook() {
-    let holder = SigningKey::generate_ecdsa_p256("holder").unwrap();
-    let thief = SigningKey::generate_ecdsa_p256("thief").unwrap();
-    let bound_to = client(&holder).jkt().to_owned();
-    assert_eq!(
-        jwk_thumbprint(&holder.public_jwk().unwrap()).unwrap(),
-        bound_to
-    );
+async fn an_optional_proof_lets_bearer_requests_through_but_not_dpop_ones() {
     let server = VerifyDpopLayer::builder()
+        .origin("https://a.example")
+        .proof_optional()
         .clock(|| NOW)
-        .expected_jkt(|parts: &http::request::Parts| {
-            parts
-                .extensions
-                .get::<TokenClaims>()
-                .map(|c| c.cnf_jkt.clone())
-        })
-        .build();
-    for (key, want) in [(&holder, 200), (&thief, 401)] {
-        let mut req = proof_for(&client(key), get("https://a.example/x")).await;
-        req.extensions_mut().insert(TokenClaims {
-            cnf_jkt: bound_to.clone(),
-        });
-        let (status, reason) = check(&server, req).await;
-        assert_eq!(status, want, "{reason}");
-        if want == 401 {
-            assert_eq!(reason, "dpop_jkt_mismatch");
-        }
-    }
+        .build()
+        .unwrap();
+    let bearer = Request::get("https://a.example/x")
+        .header("authorization", "Bearer t")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(check(&server, bearer).await, (200, String::new()));
+    assert_eq!(
+        check(&server, get("https://a.example/x")).await,
+        (401, "dpop_missing".into()),
+        "Authorization: DPoP without a proof"
+    );
+    // A proof under Bearer still has its ath checked.
+    let key = SigningKey::generate_ed25519("d").unwrap();
+    let mut req = proof_for(&client(&key), get("https://a.example/x")).await;
+    req.headers_mut()
+        .insert("authorization", "Bearer other-token".parse().unwrap());
+    assert_eq!(check(&server, req).await.1, "dpop_ath_mismatch");
 }
 
 #[tokio::test]
@@ -416,9 +496,11 @@ async fn the_client_and_server_agree_on_rotating_server_nonces() {
     )
     .unwrap();
     let server = VerifyDpopLayer::builder()
+        .origin("https://a.example")
         .clock(clock)
         .require_nonce(nonces)
         .build()
+        .unwrap()
         .layer(app());
     let key = SigningKey::generate_ed25519("d").unwrap();
     let layer = DpopLayer::new(key).unwrap().clock(clock);
@@ -465,4 +547,29 @@ async fn the_client_and_server_agree_on_rotating_server_nonces() {
             .contains("use_dpop_nonce")
     );
     assert!(res.headers().contains_key("dpop-nonce"));
+}
+
+#[test]
+fn the_jwk_thumbprint_matches_the_rfc_7638_example() {
+    // RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
+    let jwk = serde_json::json!({
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    });
+    assert_eq!(
+        jwk_thumbprint(&jwk).unwrap(),
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    );
+}
+
+#[test]
+fn ath_is_the_base64url_sha256_of_the_token() {
+    // RFC 9449 §7.1's example: this access token and its ath.
+    assert_eq!(
+        access_token_hash("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"),
+        "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
+    );
 }

@@ -24,8 +24,10 @@ async fn signature_and_dpop_layers_share_one_cache_without_collisions() {
         )
         .layer(
             VerifyDpopLayer::builder()
+                .origin("https://api.example.com")
                 .replay_cache(cache.clone())
-                .build(),
+                .build()
+                .unwrap(),
         )
         .service(service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("ok")))

@@ -1,5 +1,5 @@
 //! The server stack: audit → pre-auth rate limit → mTLS identity → verify signature →
-//! require bearer → per-identity rate limit → your service; [`serve_tls`] to run it,
+//! verify DPoP → require bearer → per-identity rate limit → your service; [`serve_tls`] to run it,
 //! [`RotatingCert`] to rotate its key and [`RequireClientIdentityLayer`] for the mTLS step.
 
 use std::future::Future;
@@ -31,50 +31,60 @@ pub fn builder() -> ServerBuilder {
         pre_auth: Identity::new(),
         mtls: Identity::new(),
         signatures: Identity::new(),
+        dpop: Identity::new(),
         bearer: Identity::new(),
         per_identity: Identity::new(),
     }
 }
 
-/// Builds the server stack. Each step is optional; the order is fixed whatever the call order.
+/// Builds the server stack. Each step is optional; the order is fixed whatever the call order:
+/// audit → pre-auth rate limit → mTLS identity → verify signature → verify DPoP → require
+/// bearer → per-identity rate limit → service.
 #[derive(Clone, Debug)]
 pub struct ServerBuilder<
     Aud = Identity,
     Pre = Identity,
+    Mtl = Identity,
     Sig = Identity,
+    Dpo = Identity,
     Bea = Identity,
     Per = Identity,
-    Mtl = Identity,
 > {
     audit: Aud,
     pre_auth: Pre,
     mtls: Mtl,
     signatures: Sig,
+    dpop: Dpo,
     bearer: Bea,
     per_identity: Per,
 }
 
-impl<Aud, Pre, Sig, Bea, Per, Mtl> ServerBuilder<Aud, Pre, Sig, Bea, Per, Mtl> {
+impl<Aud, Pre, Mtl, Sig, Dpo, Bea, Per> ServerBuilder<Aud, Pre, Mtl, Sig, Dpo, Bea, Per> {
     /// Records each request (e.g. `Auditor::server_layer()`), outermost so refusals are
     /// recorded too.
-    pub fn audit<L>(self, layer: L) -> ServerBuilder<L, Pre, Sig, Bea, Per, Mtl> {
+    pub fn audit<L>(self, layer: L) -> ServerBuilder<L, Pre, Mtl, Sig, Dpo, Bea, Per> {
         ServerBuilder {
-            mtls: self.mtls,
             audit: layer,
             pre_auth: self.pre_auth,
+            mtls: self.mtls,
             signatures: self.signatures,
+            dpop: self.dpop,
             bearer: self.bearer,
             per_identity: self.per_identity,
         }
     }
 
     /// Limits unauthenticated traffic, keyed by peer address, before any verification work.
-    pub fn pre_auth_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, L, Sig, Bea, Per, Mtl> {
+    pub fn pre_auth_rate_limit<L>(
+        self,
+        layer: L,
+    ) -> ServerBuilder<Aud, L, Mtl, Sig, Dpo, Bea, Per> {
         ServerBuilder {
-            mtls: self.mtls,
             audit: self.audit,
             pre_auth: layer,
+            mtls: self.mtls,
             signatures: self.signatures,
+            dpop: self.dpop,
             bearer: self.bearer,
             per_identity: self.per_identity,
         }
@@ -82,48 +92,71 @@ impl<Aud, Pre, Sig, Bea, Per, Mtl> ServerBuilder<Aud, Pre, Sig, Bea, Per, Mtl> {
 
     /// Checks the mTLS client identity that [`serve_tls`] put in the extensions (e.g.
     /// [`RequireClientIdentityLayer`]).
-    pub fn mtls_identity<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, Bea, Per, L> {
+    pub fn mtls_identity<L>(self, layer: L) -> ServerBuilder<Aud, Pre, L, Sig, Dpo, Bea, Per> {
         ServerBuilder {
             audit: self.audit,
             pre_auth: self.pre_auth,
             mtls: layer,
             signatures: self.signatures,
+            dpop: self.dpop,
             bearer: self.bearer,
             per_identity: self.per_identity,
         }
     }
 
     /// Verifies RFC 9421 signatures (e.g. `VerifySignatureLayer`).
-    pub fn verify_signatures<L>(self, layer: L) -> ServerBuilder<Aud, Pre, L, Bea, Per, Mtl> {
+    pub fn verify_signatures<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Mtl, L, Dpo, Bea, Per> {
         ServerBuilder {
-            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
+            mtls: self.mtls,
             signatures: layer,
+            dpop: self.dpop,
             bearer: self.bearer,
             per_identity: self.per_identity,
         }
     }
 
-    /// Validates bearer tokens (e.g. `RequireBearerLayer`).
-    pub fn require_bearer<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, L, Per, Mtl> {
+    /// Verifies DPoP proofs (RFC 9449, e.g. `VerifyDpopLayer`). It runs before the bearer step,
+    /// which reads the verified proof to enforce a token's `cnf.jkt` binding: a bound token
+    /// without a matching proof is refused there.
+    pub fn verify_dpop<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Mtl, Sig, L, Bea, Per> {
         ServerBuilder {
-            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
+            mtls: self.mtls,
             signatures: self.signatures,
+            dpop: layer,
+            bearer: self.bearer,
+            per_identity: self.per_identity,
+        }
+    }
+
+    /// Validates access tokens (e.g. `RequireBearerLayer`), as `Bearer` or, bound to the
+    /// DPoP step's proof, as `DPoP`.
+    pub fn require_bearer<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Mtl, Sig, Dpo, L, Per> {
+        ServerBuilder {
+            audit: self.audit,
+            pre_auth: self.pre_auth,
+            mtls: self.mtls,
+            signatures: self.signatures,
+            dpop: self.dpop,
             bearer: layer,
             per_identity: self.per_identity,
         }
     }
 
     /// Limits each verified identity (keyed on what the layers above put in extensions).
-    pub fn identity_rate_limit<L>(self, layer: L) -> ServerBuilder<Aud, Pre, Sig, Bea, L, Mtl> {
+    pub fn identity_rate_limit<L>(
+        self,
+        layer: L,
+    ) -> ServerBuilder<Aud, Pre, Mtl, Sig, Dpo, Bea, L> {
         ServerBuilder {
-            mtls: self.mtls,
             audit: self.audit,
             pre_auth: self.pre_auth,
+            mtls: self.mtls,
             signatures: self.signatures,
+            dpop: self.dpop,
             bearer: self.bearer,
             per_identity: layer,
         }
@@ -134,14 +167,16 @@ impl<Aud, Pre, Sig, Bea, Per, Mtl> ServerBuilder<Aud, Pre, Sig, Bea, Per, Mtl> {
     where
         Per: Layer<S>,
         Bea: Layer<Per::Service>,
-        Sig: Layer<Bea::Service>,
+        Dpo: Layer<Bea::Service>,
+        Sig: Layer<Dpo::Service>,
         Mtl: Layer<Sig::Service>,
         Pre: Layer<Mtl::Service>,
         Aud: Layer<Pre::Service>,
     {
         let limited = self.per_identity.layer(inner);
         let authorized = self.bearer.layer(limited);
-        let verified = self.signatures.layer(authorized);
+        let possessed = self.dpop.layer(authorized);
+        let verified = self.signatures.layer(possessed);
         let identified = self.mtls.layer(verified);
         let admitted = self.pre_auth.layer(identified);
         self.audit.layer(admitted)

@@ -9,15 +9,37 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuthorizationError {
-    /// The header uses another scheme (Basic, DPoP, ...).
+    /// The header uses another scheme (Basic, ...; `DPoP` where only Bearer is parsed).
     #[error("authorization scheme is not Bearer")]
     NotBearer,
-    /// The header is not `Bearer <b64token>` (RFC 6750 §2.1).
-    #[error("authorization header is not `Bearer <token>` with a b64token (RFC 6750 §2.1)")]
+    /// The header is not `Bearer <b64token>` or `DPoP <b64token>` (RFC 6750 §2.1).
+    #[error(
+        "authorization header is not `Bearer <token>` or `DPoP <token>` with a b64token (RFC 6750 §2.1)"
+    )]
     Malformed,
     /// The token is longer than [`MAX_TOKEN_LEN`].
     #[error("bearer token longer than 8 KiB")]
     TooLong,
+}
+
+/// The scheme an access token is presented under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenScheme {
+    /// `Authorization: Bearer <token>` (RFC 6750).
+    Bearer,
+    /// `Authorization: DPoP <token>`: a token bound to a key, with a `DPoP` proof (RFC 9449 §7.1).
+    Dpop,
+}
+
+impl TokenScheme {
+    /// The scheme as written in `Authorization` and `WWW-Authenticate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "Bearer",
+            Self::Dpop => "DPoP",
+        }
+    }
 }
 
 /// Extracts the token of `Authorization: Bearer <token>`: scheme case-insensitive, one or
@@ -27,16 +49,39 @@ pub enum AuthorizationError {
 ///
 /// [`AuthorizationError`] naming what was wrong; never the token.
 pub fn parse_authorization(value: &[u8]) -> Result<&str, AuthorizationError> {
+    match parse_credentials(value)? {
+        (TokenScheme::Bearer, token) => Ok(token),
+        (TokenScheme::Dpop, _) => Err(AuthorizationError::NotBearer),
+    }
+}
+
+/// Extracts the scheme and token of `Authorization: Bearer <token>` or
+/// `Authorization: DPoP <token>` (RFC 9449 §7.1): scheme case-insensitive, one or more
+/// spaces, then a `b64token`.
+///
+/// # Errors
+///
+/// [`AuthorizationError`] naming what was wrong; never the token.
+pub fn parse_credentials(value: &[u8]) -> Result<(TokenScheme, &str), AuthorizationError> {
+    let scheme_of = |s: &[u8]| {
+        if s.eq_ignore_ascii_case(b"bearer") {
+            Some(TokenScheme::Bearer)
+        } else if s.eq_ignore_ascii_case(b"dpop") {
+            Some(TokenScheme::Dpop)
+        } else {
+            None
+        }
+    };
     let Some(space) = value.iter().position(|&b| b == b' ') else {
-        return Err(if value.eq_ignore_ascii_case(b"bearer") {
+        return Err(if scheme_of(value).is_some() {
             AuthorizationError::Malformed
         } else {
             AuthorizationError::NotBearer
         });
     };
-    if !value[..space].eq_ignore_ascii_case(b"bearer") {
+    let Some(scheme) = scheme_of(&value[..space]) else {
         return Err(AuthorizationError::NotBearer);
-    }
+    };
     let token = value[space..].trim_ascii_start();
     if token.is_empty() {
         return Err(AuthorizationError::Malformed);
@@ -54,7 +99,8 @@ pub fn parse_authorization(value: &[u8]) -> Result<&str, AuthorizationError> {
         return Err(AuthorizationError::Malformed);
     }
     // All bytes checked are ASCII.
-    std::str::from_utf8(token).map_err(|_| AuthorizationError::Malformed)
+    let token = std::str::from_utf8(token).map_err(|_| AuthorizationError::Malformed)?;
+    Ok((scheme, token))
 }
 
 /// A `Bearer` challenge from `WWW-Authenticate` (RFC 6750 §3).

@@ -24,6 +24,8 @@ use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 const ISS: &str = "https://issuer.test";
+/// The RFC 7638 §3.1 example key's thumbprint.
+const JKT: &str = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
 const AUD: &str = "orders-api";
 
 struct Signer {
@@ -104,8 +106,18 @@ impl Signer {
             "iss": ISS, "aud": AUD, "sub": "user-42",
             "iat": now(), "exp": now() + 300,
             "scope": "orders:read profile",
-            "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"},
             "jti": "tok-1",
+        }))
+    }
+
+    /// A token bound to the DPoP key [`JKT`] (RFC 9449 `cnf.jkt`).
+    fn bound(&self) -> String {
+        self.sign(json!({
+            "iss": ISS, "aud": AUD, "sub": "user-42",
+            "iat": now(), "exp": now() + 300,
+            "scope": "orders:read profile",
+            "cnf": {"jkt": JKT},
+            "jti": "tok-2",
         }))
     }
 }
@@ -186,11 +198,126 @@ async fn accepts_eddsa_es256_rs256_and_hs256_tokens_and_exposes_typed_claims() {
         .await;
         assert_eq!(resp.status(), StatusCode::OK, "{:?}", signer.alg);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(
-            body,
-            "user-42|0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I|orders:read,profile"
+        assert_eq!(body, "user-42|-|orders:read,profile");
+    }
+}
+
+/// Sends `token` under `scheme`, with `proof` in the extensions as a DPoP verifier outside
+/// this layer would leave it.
+async fn call_with_proof(
+    layer: RequireBearerLayer,
+    scheme: &str,
+    token: &str,
+    proof: Option<portcullis_core::VerifiedDpop>,
+) -> Response<Full<Bytes>> {
+    let mut req = Request::get("/orders")
+        .header(header::AUTHORIZATION, format!("{scheme} {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    if let Some(p) = proof {
+        req.extensions_mut().insert(p);
+    }
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(app())
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+fn verified_proof(jkt: &str, token: &str) -> portcullis_core::VerifiedDpop {
+    // ath computed independently of the layer: base64url(SHA-256(token)).
+    let ath = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        token.as_bytes(),
+    ));
+    portcullis_core::VerifiedDpop::new(
+        jkt.into(),
+        Some(ath),
+        "j-1".into(),
+        now(),
+        "https://api.test/orders".into(),
+    )
+}
+
+#[tokio::test]
+async fn dpop_bound_tokens_need_the_dpop_scheme_and_a_proof_by_their_key() {
+    let s = Signer::asymmetric(Algorithm::ES256, "ec");
+    let layer = RequireBearerLayer::new(validator(&[&s]));
+    let bound = s.bound();
+    let reason_of = |resp: &Response<Full<Bytes>>| challenge(resp);
+
+    let ok = call_with_proof(
+        layer.clone(),
+        "DPoP",
+        &bound,
+        Some(verified_proof(JKT, &bound)),
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let body = ok.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("user-42|{JKT}|orders:read,profile"));
+    let ok = call_with_proof(
+        layer.clone(),
+        "dpop",
+        &bound,
+        Some(verified_proof(JKT, &bound)),
+    )
+    .await;
+    assert_eq!(
+        ok.status(),
+        StatusCode::OK,
+        "the scheme is case-insensitive"
+    );
+
+    let cases = [
+        ("Bearer", None, "sent as Bearer"),
+        (
+            "Bearer",
+            Some(verified_proof(JKT, &bound)),
+            "sent as Bearer",
+        ),
+        // No DPoP verifier outside this layer: fail closed.
+        ("DPoP", None, "no verified DPoP proof"),
+        (
+            "DPoP",
+            Some(verified_proof("another-key-thumbprint", &bound)),
+            "not the key",
+        ),
+        (
+            "DPoP",
+            Some(verified_proof(JKT, "another-token")),
+            "ath is not the hash",
+        ),
+    ];
+    for (scheme, proof, want) in cases {
+        let resp = call_with_proof(layer.clone(), scheme, &bound, proof).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{want}");
+        let c = reason_of(&resp);
+        assert!(
+            c.starts_with("DPoP realm=\"api\", error=\"invalid_token\"") && c.contains(want),
+            "{want}: {c}"
         );
     }
+
+    // An unbound token is accepted as Bearer, refused as DPoP, and refused as Bearer when
+    // only bound tokens are accepted.
+    let unbound = s.good();
+    let resp = call_with_proof(
+        layer.clone(),
+        "DPoP",
+        &unbound,
+        Some(verified_proof(JKT, &unbound)),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).contains("no cnf.jkt"));
+    let strict = layer.clone().require_dpop();
+    let resp = call_with_proof(strict.clone(), "Bearer", &unbound, None).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(challenge(&resp).contains("only DPoP-bound tokens"));
+    let resp = call(strict, Method::GET, "/orders", None).await;
+    assert_eq!(challenge(&resp), "DPoP realm=\"api\"");
 }
 
 #[tokio::test]

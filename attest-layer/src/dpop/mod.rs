@@ -3,17 +3,42 @@
 //! [`DpopLayer`] (client) adds a fresh `DPoP` proof to every request (`htm`, `htu`, `iat`,
 //! `jti`, `ath` when an access token is sent, and the server's nonce), and retries once when
 //! the server answers `use_dpop_nonce`. [`VerifyDpopLayer`] (server) checks the proof: `typ`,
-//! asymmetric algorithm only, signature with the embedded `jwk`, `htm`/`htu`, the `iat`
-//! window, `jti` replay, `ath`, and the access token's `cnf.jkt` binding through an
-//! [`ExpectedJkt`] hook (the layer does not depend on any token crate).
+//! an accepted asymmetric algorithm, the signature with the embedded public `jwk`, `htm`,
+//! `htu` against the service's configured origins (never the request's `Host`), the `iat`
+//! window, `jti` replay, server nonces, and `ath` whenever an access token comes with the
+//! proof. It leaves a [`VerifiedDpop`] in the request's extensions.
+//!
+//! # Token binding
+//! A token bound to a key (`cnf.jkt`, RFC 9449 §6) is checked against the proof by the token
+//! layer inside this one (`portcullis_token::require::RequireBearerLayer`), which reads the
+//! [`VerifiedDpop`]: a bound token is accepted only under the `DPoP` scheme with a proof by
+//! that key, and refused as `Bearer`. Put [`VerifyDpopLayer`] *outside* the token check:
+//!
+//! ```text
+//! ... → VerifyDpopLayer → RequireBearerLayer → service
+//! ```
+//!
+//! # Example
+//! ```
+//! use portcullis_attest::VerifyDpopLayer;
+//!
+//! let layer = VerifyDpopLayer::builder()
+//!     .origin("https://api.example.com")
+//!     .proof_optional() // plain bearer clients too; bound tokens still need a proof
+//!     .build()?;
+//! # let _ = layer;
+//! // Without an origin, htu could only be compared with the client's own Host header:
+//! assert!(VerifyDpopLayer::builder().build().is_err());
+//! # Ok::<(), portcullis_attest::dpop::DpopConfigError>(())
+//! ```
 
 mod client;
 mod server;
 
 pub use self::client::{DpopLayer, DpopResponseFuture, DpopService};
 pub use self::server::{
-    DpopNonces, DpopReason, ExpectedJkt, NonceSource, VerifiedDpop, VerifyDpop, VerifyDpopFuture,
-    VerifyDpopLayer, VerifyDpopLayerBuilder,
+    DpopConfigError, DpopNonces, DpopReason, NonceSource, VerifiedDpop, VerifyDpop,
+    VerifyDpopFuture, VerifyDpopLayer, VerifyDpopLayerBuilder,
 };
 
 use aws_lc_rs::digest;

@@ -16,12 +16,18 @@ use serde::Deserialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{access_token_hash, htu, jwk_thumbprint, normalize_htu};
+pub use portcullis_core::VerifiedDpop;
+
+use super::{access_token_hash, jwk_thumbprint, normalize_htu};
 use crate::clock::{Clock, SystemClock};
 use crate::replay::{MemoryReplayCache, ReplayCache, ReplayFuture};
 use crate::verify::REASON_HEADER;
 
-/// The asymmetric JWS algorithms accepted for proofs.
+/// The JWS algorithms a proof may use by default: ECDSA P-256 and P-384, and Ed25519.
+/// RSA (RS*/PS*) is an opt-in through [`VerifyDpopLayerBuilder::algorithms`].
+const DEFAULT_ALGS: [JwtAlg; 3] = [JwtAlg::ES256, JwtAlg::ES384, JwtAlg::EdDSA];
+
+/// Every asymmetric JWS algorithm the verifier can check; symmetric ones and `none` never are.
 const ASYMMETRIC: [JwtAlg; 9] = [
     JwtAlg::ES256,
     JwtAlg::ES384,
@@ -33,30 +39,6 @@ const ASYMMETRIC: [JwtAlg; 9] = [
     JwtAlg::PS384,
     JwtAlg::PS512,
 ];
-
-/// Returns the `cnf.jkt` the access token of a request is bound to, if any: the hook that
-/// ties a DPoP proof to a token verified by another layer (its claims in the extensions).
-///
-/// Closures `Fn(&Parts) -> Option<String>` implement it; `()` never binds.
-pub trait ExpectedJkt: Send + Sync + 'static {
-    /// The expected JWK thumbprint for this request, or `None` when no token binding applies.
-    fn expected_jkt(&self, parts: &Parts) -> Option<String>;
-}
-
-impl ExpectedJkt for () {
-    fn expected_jkt(&self, _: &Parts) -> Option<String> {
-        None
-    }
-}
-
-impl<F> ExpectedJkt for F
-where
-    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
-{
-    fn expected_jkt(&self, parts: &Parts) -> Option<String> {
-        self(parts)
-    }
-}
 
 /// Server-issued DPoP nonces (RFC 9449 §9): what to hand out and what to accept.
 ///
@@ -158,8 +140,6 @@ pub enum DpopReason {
     Replayed,
     /// An access token is sent and `ath` is missing or does not match.
     AthMismatch,
-    /// The access token is bound to another key (`cnf.jkt`).
-    JktMismatch,
     /// The replay cache failed (fail closed).
     ReplayCacheUnavailable,
     /// The server requires a nonce and the proof has none or a stale one.
@@ -183,7 +163,6 @@ impl DpopReason {
             Self::MissingJti => "dpop_missing_jti",
             Self::Replayed => "dpop_replayed",
             Self::AthMismatch => "dpop_ath_mismatch",
-            Self::JktMismatch => "dpop_jkt_mismatch",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
             Self::UseNonce => "use_dpop_nonce",
         }
@@ -196,35 +175,65 @@ impl fmt::Display for DpopReason {
     }
 }
 
-/// Proof that the request carried a valid DPoP proof; placed in request extensions.
+/// The service's public origins, against which a proof's `htu` is compared.
+///
+/// Each is `scheme://host[:port][/path-prefix]` as clients address the service; the request's
+/// path is appended to it. The request's own `Host` header or absolute target are never used:
+/// a client chooses those, so a proof made for another server would otherwise be accepted here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedDpop {
-    jkt: String,
-    jti: String,
-    iat: u64,
-    htu: String,
+struct Origin(String);
+
+impl Origin {
+    fn parse(origin: &str) -> Result<Self, DpopConfigError> {
+        let bad = |why: &'static str| DpopConfigError::InvalidOrigin {
+            origin: origin.to_owned(),
+            why,
+        };
+        let uri: http::Uri = origin.parse().map_err(|_| bad("not a URI"))?;
+        match uri.scheme_str() {
+            Some("https" | "http") => {}
+            Some(_) => return Err(bad("the scheme must be https or http")),
+            None => return Err(bad("a scheme (https://) is required")),
+        }
+        if uri.authority().is_none() {
+            return Err(bad("a host is required"));
+        }
+        if uri.query().is_some() || origin.contains('#') {
+            return Err(bad("an origin has no query or fragment"));
+        }
+        let canonical = normalize_htu(origin).ok_or_else(|| bad("not a URI"))?;
+        Ok(Self(canonical.trim_end_matches('/').to_owned()))
+    }
+
+    /// Whether `htu` (normalized) is this origin followed by `path`.
+    fn matches(&self, htu: &str, path: &str) -> bool {
+        htu.strip_prefix(self.0.as_str()) == Some(path)
+    }
 }
 
-impl VerifiedDpop {
-    /// The RFC 7638 thumbprint of the proof key.
-    pub fn jkt(&self) -> &str {
-        &self.jkt
-    }
-
-    /// The proof's unique id.
-    pub fn jti(&self) -> &str {
-        &self.jti
-    }
-
-    /// When the proof was made (UNIX seconds).
-    pub fn iat(&self) -> u64 {
-        self.iat
-    }
-
-    /// The URI the proof was made for.
-    pub fn htu(&self) -> &str {
-        &self.htu
-    }
+/// Why a [`VerifyDpopLayerBuilder`] could not build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DpopConfigError {
+    /// No origin was configured: `htu` could only be compared with a client-supplied `Host`.
+    #[error(
+        "no origin configured: call `.origin(\"https://api.example.com\")` with the URL clients use"
+    )]
+    NoOrigin,
+    /// An origin is not `scheme://host[:port][/prefix]`.
+    #[error("invalid origin {origin:?}: {why}")]
+    InvalidOrigin {
+        /// The configured text.
+        origin: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An algorithm is symmetric or `none`.
+    #[error("{0:?} cannot sign DPoP proofs: only asymmetric algorithms are accepted")]
+    SymmetricAlgorithm(JwtAlg),
+    /// The list of algorithms is empty.
+    #[error("no algorithm accepted: name at least one (ES256, EdDSA, ...)")]
+    NoAlgorithm,
 }
 
 struct DpopServerConfig {
@@ -232,8 +241,11 @@ struct DpopServerConfig {
     clock: Arc<dyn Clock>,
     max_age: Duration,
     skew: Duration,
-    default_scheme: String,
-    expected_jkt: Arc<dyn ExpectedJkt>,
+    origins: Vec<Origin>,
+    algorithms: Vec<JwtAlg>,
+    /// `DPoP error="invalid_dpop_proof", algs="..."`, built once.
+    challenge: HeaderValue,
+    optional: bool,
     nonces: Option<Arc<dyn NonceSource>>,
 }
 
@@ -242,6 +254,9 @@ impl fmt::Debug for DpopServerConfig {
         f.debug_struct("DpopServerConfig")
             .field("max_age", &self.max_age)
             .field("skew", &self.skew)
+            .field("origins", &self.origins)
+            .field("algorithms", &self.algorithms)
+            .field("optional", &self.optional)
             .finish_non_exhaustive()
     }
 }
@@ -258,8 +273,9 @@ pub struct VerifyDpopLayerBuilder {
     clock: Arc<dyn Clock>,
     max_age: Duration,
     skew: Duration,
-    default_scheme: String,
-    expected_jkt: Arc<dyn ExpectedJkt>,
+    origins: Vec<String>,
+    algorithms: Vec<JwtAlg>,
+    optional: bool,
     nonces: Option<Arc<dyn NonceSource>>,
 }
 
@@ -267,27 +283,39 @@ impl fmt::Debug for VerifyDpopLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VerifyDpopLayerBuilder")
             .field("max_age", &self.max_age)
+            .field("origins", &self.origins)
             .finish_non_exhaustive()
     }
 }
 
 impl VerifyDpopLayer {
     /// A builder with defaults: `iat` at most 60 s old and 5 s ahead, `jti`s in a private
-    /// in-memory cache, scheme `https` when the request target has none, no token binding.
+    /// in-memory cache, algorithms ES256, ES384 and EdDSA, a proof required on every request.
+    /// At least one [`origin`](VerifyDpopLayerBuilder::origin) must be named.
     pub fn builder() -> VerifyDpopLayerBuilder {
         VerifyDpopLayerBuilder {
             replay: None,
             clock: Arc::new(SystemClock),
             max_age: Duration::from_secs(60),
             skew: Duration::from_secs(5),
-            default_scheme: "https".into(),
-            expected_jkt: Arc::new(()),
+            origins: Vec::new(),
+            algorithms: DEFAULT_ALGS.to_vec(),
+            optional: false,
             nonces: None,
         }
     }
 }
 
 impl VerifyDpopLayerBuilder {
+    /// A public origin of the service, as clients address it (`https://api.example.com`,
+    /// optionally with a port and a path prefix the service is mounted under). A proof's `htu`
+    /// must be one of these followed by the request's path; call again for more origins.
+    #[must_use]
+    pub fn origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
+        self
+    }
+
     /// Records `jti`s in `cache` (share one across replicas).
     #[must_use]
     pub fn replay_cache(mut self, cache: impl ReplayCache) -> Self {
@@ -316,17 +344,21 @@ impl VerifyDpopLayerBuilder {
         self
     }
 
-    /// The scheme assumed when the request target has none.
+    /// The JWS algorithms accepted for proofs, in the order the challenge's `algs` lists them
+    /// (default ES256, ES384, EdDSA). Only asymmetric algorithms can be named.
     #[must_use]
-    pub fn default_scheme(mut self, scheme: impl Into<String>) -> Self {
-        self.default_scheme = scheme.into();
+    pub fn algorithms(mut self, algs: impl IntoIterator<Item = JwtAlg>) -> Self {
+        self.algorithms = algs.into_iter().collect();
         self
     }
 
-    /// The hook giving the access token's `cnf.jkt`; a proof by another key is refused.
+    /// Lets requests that carry neither a `DPoP` header nor `Authorization: DPoP` through
+    /// without a proof (clients still on plain bearer tokens). A token bound with `cnf.jkt`
+    /// is still refused without a proof by the token check
+    /// (`portcullis_token::require`), which reads the [`VerifiedDpop`] this layer leaves.
     #[must_use]
-    pub fn expected_jkt(mut self, hook: impl ExpectedJkt) -> Self {
-        self.expected_jkt = Arc::new(hook);
+    pub fn proof_optional(mut self) -> Self {
+        self.optional = true;
         self
     }
 
@@ -339,8 +371,36 @@ impl VerifyDpopLayerBuilder {
     }
 
     /// Builds the layer.
-    pub fn build(self) -> VerifyDpopLayer {
-        VerifyDpopLayer {
+    ///
+    /// # Errors
+    /// [`DpopConfigError`] when no origin is named, an origin is not
+    /// `scheme://host[:port][/prefix]`, or an algorithm is symmetric.
+    pub fn build(self) -> Result<VerifyDpopLayer, DpopConfigError> {
+        if self.origins.is_empty() {
+            return Err(DpopConfigError::NoOrigin);
+        }
+        let origins = self
+            .origins
+            .iter()
+            .map(|o| Origin::parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.algorithms.is_empty() {
+            return Err(DpopConfigError::NoAlgorithm);
+        }
+        if let Some(alg) = self.algorithms.iter().find(|a| !ASYMMETRIC.contains(a)) {
+            return Err(DpopConfigError::SymmetricAlgorithm(*alg));
+        }
+        let algs = self
+            .algorithms
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let challenge = HeaderValue::from_str(&format!(
+            "DPoP error=\"invalid_dpop_proof\", algs=\"{algs}\""
+        ))
+        .map_err(|_| DpopConfigError::NoAlgorithm)?;
+        Ok(VerifyDpopLayer {
             config: Arc::new(DpopServerConfig {
                 replay: self
                     .replay
@@ -348,11 +408,13 @@ impl VerifyDpopLayerBuilder {
                 clock: self.clock,
                 max_age: self.max_age,
                 skew: self.skew,
-                default_scheme: self.default_scheme,
-                expected_jkt: self.expected_jkt,
+                origins,
+                algorithms: self.algorithms,
+                challenge,
+                optional: self.optional,
                 nonces: self.nonces,
             }),
-        }
+        })
     }
 }
 
@@ -401,12 +463,32 @@ struct ProofClaims {
     nonce: Option<String>,
 }
 
-fn check(
-    config: &DpopServerConfig,
-    parts: &Parts,
-) -> Result<(VerifiedDpop, String, Duration), DpopReason> {
+/// The access token the request carries, under the `DPoP` or the `Bearer` scheme (case
+/// insensitive), and whether the scheme was `DPoP`.
+fn access_token(parts: &Parts) -> Option<(&str, bool)> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    (dpop || scheme.eq_ignore_ascii_case("bearer")).then(|| (token.trim(), dpop))
+}
+
+/// What [`check`] decided for a request.
+enum Checked {
+    /// A proof passed every stateless check; its `jti` must still be recorded.
+    Proof(VerifiedDpop, String, Duration),
+    /// No proof and none needed ([`VerifyDpopLayerBuilder::proof_optional`]).
+    NoProof,
+}
+
+fn check(config: &DpopServerConfig, parts: &Parts) -> Result<Checked, DpopReason> {
+    let token_sent = access_token(parts);
     let mut proofs = parts.headers.get_all("dpop").iter();
-    let proof = proofs.next().ok_or(DpopReason::MissingProof)?;
+    let Some(proof) = proofs.next() else {
+        return match token_sent {
+            Some((_, false)) | None if config.optional => Ok(Checked::NoProof),
+            _ => Err(DpopReason::MissingProof),
+        };
+    };
     if proofs.next().is_some() {
         return Err(DpopReason::MultipleProofs);
     }
@@ -424,7 +506,7 @@ fn check(
         return Err(DpopReason::WrongTyp);
     }
     let header = jsonwebtoken::decode_header(token).map_err(|_| DpopReason::UnsupportedAlg)?;
-    if !ASYMMETRIC.contains(&header.alg) {
+    if !config.algorithms.contains(&header.alg) {
         return Err(DpopReason::UnsupportedAlg);
     }
     let jwk_json = header_json.get("jwk").ok_or(DpopReason::BadJwk)?;
@@ -452,21 +534,16 @@ fn check(
     if claims.htm.as_deref() != Some(parts.method.as_str()) {
         return Err(DpopReason::HtmMismatch);
     }
-    let expected_htu = htu(
-        &parts.uri,
-        parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok()),
-        &config.default_scheme,
-    )
-    .ok_or(DpopReason::HtuMismatch)?;
     let got_htu = claims
         .htu
         .as_deref()
         .and_then(normalize_htu)
         .ok_or(DpopReason::HtuMismatch)?;
-    if got_htu != expected_htu {
+    let path = match parts.uri.path() {
+        "" => "/",
+        p => p,
+    };
+    if !config.origins.iter().any(|o| o.matches(&got_htu, path)) {
         return Err(DpopReason::HtuMismatch);
     }
     let now = config.clock.now_unix();
@@ -488,36 +565,25 @@ fn check(
     {
         return Err(DpopReason::UseNonce);
     }
-
-    let token_sent = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("DPoP "))
-        .map(str::trim);
-    if let Some(access_token) = token_sent {
-        let want = access_token_hash(access_token);
-        let ok = claims.ath.as_deref().is_some_and(|got| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes())
-                .is_ok()
-        });
-        if !ok {
-            return Err(DpopReason::AthMismatch);
+    // RFC 9449 §4.3 step 11: whenever an access token comes with the proof, under either
+    // scheme, the proof must carry its hash.
+    let ath = match token_sent {
+        Some((access_token, _)) => {
+            let want = access_token_hash(access_token);
+            let ok = claims.ath.as_deref().is_some_and(|got| {
+                aws_lc_rs::constant_time::verify_slices_are_equal(got.as_bytes(), want.as_bytes())
+                    .is_ok()
+            });
+            if !ok {
+                return Err(DpopReason::AthMismatch);
+            }
+            Some(want)
         }
-    }
-    if let Some(bound) = config.expected_jkt.expected_jkt(parts)
-        && bound != jkt
-    {
-        return Err(DpopReason::JktMismatch);
-    }
+        None => None,
+    };
     let key = format!("dpop:{jkt}:{jti}");
-    Ok((
-        VerifiedDpop {
-            jkt,
-            jti,
-            iat,
-            htu: expected_htu,
-        },
+    Ok(Checked::Proof(
+        VerifiedDpop::new(jkt, ath, jti, iat, got_htu),
         key,
         config.max_age + config.skew,
     ))
@@ -558,12 +624,8 @@ fn reject<ResBody: Default>(
             ),
         );
     } else if !unavailable {
-        res.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static(
-                "DPoP error=\"invalid_dpop_proof\", algs=\"ES256 ES384 EdDSA RS256 PS256\"",
-            ),
-        );
+        res.headers_mut()
+            .insert(WWW_AUTHENTICATE, config.challenge.clone());
     }
     if let Some(nonces) = &config.nonces
         && let Ok(v) = HeaderValue::from_str(&nonces.current(config.clock.now_unix()))
@@ -595,7 +657,12 @@ where
                     response: Some(reject(&self.config, &parts, reason)),
                 },
             },
-            Ok((proof, key, ttl)) => {
+            Ok(Checked::NoProof) => VerifyDpopFuture {
+                state: DpopServerState::Calling {
+                    fut: self.inner.call(Request::from_parts(parts, body)),
+                },
+            },
+            Ok(Checked::Proof(proof, key, ttl)) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let fut = self.config.replay.insert_once(key, ttl);

@@ -11,6 +11,7 @@ pub(crate) struct Config {
     pub(crate) roles: Vec<String>,
     pub(crate) table: ScopeTable,
     pub(crate) realm: String,
+    pub(crate) require_dpop: bool,
 }
 
 /// Requires a valid bearer JWT on every request; see the [module docs](super).
@@ -27,6 +28,7 @@ impl std::fmt::Debug for RequireBearerLayer {
             .field("roles", &self.config.roles)
             .field("table", &self.config.table)
             .field("realm", &self.config.realm)
+            .field("require_dpop", &self.config.require_dpop)
             .finish()
     }
 }
@@ -41,6 +43,7 @@ impl RequireBearerLayer {
                 roles: Vec::new(),
                 table: ScopeTable::new(),
                 realm: "api".into(),
+                require_dpop: false,
             }),
         }
     }
@@ -64,6 +67,14 @@ impl RequireBearerLayer {
     /// Per-route requirements, checked in addition to [`RequireBearerLayer::scopes`].
     pub fn routes(mut self, table: ScopeTable) -> Self {
         self.config_mut().table = table;
+        self
+    }
+
+    /// Accepts only DPoP-bound tokens (`Authorization: DPoP` with a `cnf.jkt` token and a
+    /// verified proof); challenges name the `DPoP` scheme. Without it, unbound tokens are also
+    /// accepted as `Bearer`, while a bound token is always refused as `Bearer`.
+    pub fn require_dpop(mut self) -> Self {
+        self.config_mut().require_dpop = true;
         self
     }
 

@@ -6,6 +6,16 @@
 //! `401 invalid_token` (the reason goes to a security event, never to the client); a valid
 //! token without the route's scopes → `403 insufficient_scope`. On success the request
 //! carries [`VerifiedClaims`] in its extensions.
+//!
+//! # DPoP-bound tokens (RFC 9449)
+//! Tokens are accepted as `Authorization: Bearer` and as `Authorization: DPoP`. Binding is
+//! always enforced: a token with `cnf.jkt` is accepted only under the `DPoP` scheme, with a
+//! proof verified by a DPoP verifier *outside* this layer (`portcullis_attest::dpop`, which
+//! leaves a [`VerifiedDpop`](portcullis_core::VerifiedDpop)) whose key thumbprint is the
+//! token's `cnf.jkt` and whose `ath` is the token's hash. A bound token sent as `Bearer`, a
+//! bound token with no verified proof, and an unbound token sent as `DPoP` are refused with
+//! `401` and `WWW-Authenticate: DPoP error="invalid_token"`.
+//! [`RequireBearerLayer::require_dpop`] accepts only bound tokens.
 
 mod claims;
 mod future;

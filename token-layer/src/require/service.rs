@@ -6,8 +6,10 @@ use std::{
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use tower_service::Service;
 
+use portcullis_core::VerifiedDpop;
+
 use super::{RequireBearerLayer, ResponseFuture, ValidationError, VerifiedClaims, layer::Config};
-use crate::header::{AuthorizationError, parse_authorization, quote};
+use crate::header::{AuthorizationError, TokenScheme, parse_credentials, quote};
 
 /// The service made by [`RequireBearerLayer`].
 pub struct RequireBearer<S> {
@@ -60,11 +62,58 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RequireBearer<S> {
 pub(crate) enum Refusal {
     NoCredentials,
     InvalidRequest(AuthorizationError),
-    InvalidToken(ValidationError),
+    InvalidToken(TokenScheme, ValidationError),
+    Binding(BindingError),
     InsufficientScope {
         needed: String,
         subject: Option<String>,
     },
+}
+
+/// Why a valid token does not fit the way it was presented (RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindingError {
+    /// A token bound with `cnf.jkt` was sent as `Bearer`: a stolen bound token, replayed
+    /// without its key.
+    BoundTokenAsBearer,
+    /// `Authorization: DPoP` with a token that has no `cnf.jkt`.
+    TokenNotBound,
+    /// A bound token and no verified proof in the request (no DPoP verifier outside this layer).
+    ProofMissing,
+    /// The proof was made with another key than the token's `cnf.jkt`.
+    KeyMismatch,
+    /// The proof's `ath` is not the hash of this token.
+    AthMismatch,
+    /// Only DPoP-bound tokens are accepted ([`RequireBearerLayer::require_dpop`]).
+    DpopRequired,
+}
+
+impl BindingError {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::BoundTokenAsBearer => "dpop_bound_token_as_bearer",
+            Self::TokenNotBound => "dpop_token_not_bound",
+            Self::ProofMissing => "dpop_proof_missing",
+            Self::KeyMismatch => "dpop_jkt_mismatch",
+            Self::AthMismatch => "dpop_ath_mismatch",
+            Self::DpopRequired => "dpop_required",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            Self::BoundTokenAsBearer => {
+                "token is bound to a key (cnf.jkt) but was sent as Bearer; send it as DPoP with a proof"
+            }
+            Self::TokenNotBound => "token sent as DPoP has no cnf.jkt binding",
+            Self::ProofMissing => {
+                "token is bound to a key (cnf.jkt) but no verified DPoP proof came with it"
+            }
+            Self::KeyMismatch => "DPoP proof key is not the key the token is bound to (cnf.jkt)",
+            Self::AthMismatch => "DPoP proof ath is not the hash of this access token",
+            Self::DpopRequired => "only DPoP-bound tokens are accepted",
+        }
+    }
 }
 
 impl Refusal {
@@ -72,18 +121,19 @@ impl Refusal {
         match self {
             Self::NoCredentials => "no_credentials",
             Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidToken(e) => e.reason(),
+            Self::InvalidToken(_, e) => e.reason(),
+            Self::Binding(e) => e.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
         }
     }
 }
 
 pub(crate) enum Checked<'a> {
-    Token(&'a str),
+    Token(TokenScheme, &'a str),
     Refused(Refusal),
 }
 
-/// Reads the bearer token out of the request.
+/// Reads the access token, sent as `Bearer` or `DPoP`, out of the request.
 pub(crate) fn extract<B>(req: &Request<B>) -> Checked<'_> {
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -92,19 +142,61 @@ pub(crate) fn extract<B>(req: &Request<B>) -> Checked<'_> {
     if values.next().is_some() {
         return Checked::Refused(Refusal::InvalidRequest(AuthorizationError::Malformed));
     }
-    match parse_authorization(value.as_bytes()) {
-        Ok(token) => Checked::Token(token),
+    match parse_credentials(value.as_bytes()) {
+        Ok((scheme, token)) => Checked::Token(scheme, token),
         Err(AuthorizationError::NotBearer) => Checked::Refused(Refusal::NoCredentials),
         Err(e) => Checked::Refused(Refusal::InvalidRequest(e)),
     }
 }
 
-/// Checks scopes and roles after validation; `Ok` puts the claims in the request.
+/// RFC 9449 §7.1: a token bound with `cnf.jkt` is accepted only under the `DPoP` scheme with a
+/// verified proof ([`VerifiedDpop`], left by the DPoP verifier outside) by that key whose `ath`
+/// is this token's hash; an unbound token only as `Bearer`.
+fn check_binding<B>(
+    config: &Config,
+    req: &Request<B>,
+    scheme: TokenScheme,
+    token: &str,
+    claims: &VerifiedClaims,
+) -> Result<(), BindingError> {
+    match (claims.confirmation_jkt(), scheme) {
+        (Some(_), TokenScheme::Bearer) => Err(BindingError::BoundTokenAsBearer),
+        (None, TokenScheme::Dpop) => Err(BindingError::TokenNotBound),
+        (None, _) if config.require_dpop => Err(BindingError::DpopRequired),
+        (None, _) => Ok(()),
+        (Some(jkt), _) => {
+            let proof = req
+                .extensions()
+                .get::<VerifiedDpop>()
+                .ok_or(BindingError::ProofMissing)?;
+            if proof.jkt() != jkt {
+                return Err(BindingError::KeyMismatch);
+            }
+            let want = access_token_hash(token);
+            if proof.ath() != Some(want.as_str()) {
+                return Err(BindingError::AthMismatch);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `ath`: base64url of the SHA-256 of the access token (RFC 9449 §4.2).
+fn access_token_hash(token: &str) -> String {
+    use base64::Engine as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// Checks the token binding, then scopes and roles after validation; `Ok` puts the claims in
+/// the request.
 pub(crate) fn authorize<B>(
     config: &Config,
     req: &mut Request<B>,
+    bound: Result<(), BindingError>,
     claims: VerifiedClaims,
 ) -> Result<(), Refusal> {
+    bound.map_err(Refusal::Binding)?;
     let route = config.table.lookup(req.method(), req.uri().path());
     let mut missing: Vec<&str> = Vec::new();
     let needed_scopes = config
@@ -140,26 +232,48 @@ pub(crate) fn refuse<B, ResBody: Default>(
     refusal: Refusal,
 ) -> Response<ResBody> {
     let realm = quote(&config.realm);
+    // The challenge names the scheme the client used; a binding failure or a DPoP-only
+    // resource answers with the DPoP scheme (RFC 9449 §7.1).
+    let default_scheme = if config.require_dpop {
+        TokenScheme::Dpop
+    } else {
+        TokenScheme::Bearer
+    };
     let (status, challenge) = match &refusal {
-        Refusal::NoCredentials => (StatusCode::UNAUTHORIZED, format!("Bearer realm={realm}")),
+        Refusal::NoCredentials => (
+            StatusCode::UNAUTHORIZED,
+            format!("{} realm={realm}", default_scheme.as_str()),
+        ),
         Refusal::InvalidRequest(_) => (
             StatusCode::BAD_REQUEST,
-            format!("Bearer realm={realm}, error=\"invalid_request\""),
+            format!(
+                "{} realm={realm}, error=\"invalid_request\"",
+                default_scheme.as_str()
+            ),
         ),
-        Refusal::InvalidToken(_) => (
+        Refusal::InvalidToken(scheme, _) => (
             StatusCode::UNAUTHORIZED,
-            format!("Bearer realm={realm}, error=\"invalid_token\""),
+            format!("{} realm={realm}, error=\"invalid_token\"", scheme.as_str()),
+        ),
+        Refusal::Binding(e) => (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "DPoP realm={realm}, error=\"invalid_token\", error_description={}",
+                quote(e.detail())
+            ),
         ),
         Refusal::InsufficientScope { needed, .. } => (
             StatusCode::FORBIDDEN,
             format!(
-                "Bearer realm={realm}, error=\"insufficient_scope\", scope={}",
+                "{} realm={realm}, error=\"insufficient_scope\", scope={}",
+                default_scheme.as_str(),
                 quote(needed)
             ),
         ),
     };
     let kind = match &refusal {
-        Refusal::InvalidToken(e) if e.is_suspicious() => "alert",
+        Refusal::InvalidToken(_, e) if e.is_suspicious() => "alert",
+        Refusal::Binding(_) => "alert",
         _ => "event",
     };
     let subject = match &refusal {
@@ -167,7 +281,8 @@ pub(crate) fn refuse<B, ResBody: Default>(
         _ => None,
     };
     let detail = match &refusal {
-        Refusal::InvalidToken(e) => e.to_string(),
+        Refusal::InvalidToken(_, e) => e.to_string(),
+        Refusal::Binding(e) => e.detail().to_owned(),
         Refusal::InvalidRequest(e) => e.to_string(),
         Refusal::NoCredentials => "no bearer credentials".to_owned(),
         Refusal::InsufficientScope { needed, .. } => format!("requires scope(s) {needed}"),
@@ -215,29 +330,33 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &self.config;
-        let token = match extract(&req) {
-            Checked::Token(t) => t,
+        let (scheme, token) = match extract(&req) {
+            Checked::Token(scheme, t) => (scheme, t),
             Checked::Refused(r) => return ResponseFuture::respond(refuse(config, &req, r)),
         };
         match config.validator.validate(token) {
-            Ok(claims) => match authorize(config, &mut req, claims) {
-                Ok(()) => {
-                    tracing::debug!(
-                        target: "portcullis::token",
-                        {
-                            "event.kind" = "event",
-                            "event.category" = "authentication",
-                            "event.action" = "bearer.validate",
-                            "event.outcome" = "success",
-                            "http.request.method" = req.method().as_str(),
-                            "url.path" = req.uri().path(),
-                        },
-                        "bearer token accepted"
-                    );
-                    ResponseFuture::inner(self.inner.call(req))
+            Ok(claims) => {
+                let bound = check_binding(config, &req, scheme, token, &claims);
+                let authorized = authorize(config, &mut req, bound, claims);
+                match authorized {
+                    Ok(()) => {
+                        tracing::debug!(
+                            target: "portcullis::token",
+                            {
+                                "event.kind" = "event",
+                                "event.category" = "authentication",
+                                "event.action" = "bearer.validate",
+                                "event.outcome" = "success",
+                                "http.request.method" = req.method().as_str(),
+                                "url.path" = req.uri().path(),
+                            },
+                            "bearer token accepted"
+                        );
+                        ResponseFuture::inner(self.inner.call(req))
+                    }
+                    Err(r) => ResponseFuture::respond(refuse(config, &req, r)),
                 }
-                Err(r) => ResponseFuture::respond(refuse(config, &req, r)),
-            },
+            }
             Err(ValidationError::UnknownKey) if config.validator.may_refetch() => {
                 // Slow path: refetch the JWKS once (rate-limited), then decide.
                 let token = token.to_owned();
@@ -246,18 +365,23 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::boxed(Box::pin(async move {
                     match config.validator.validate_with_refetch(&token).await {
-                        Ok(claims) => match authorize(&config, &mut req, claims) {
-                            Ok(()) => {
-                                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-                                inner.call(req).await
+                        Ok(claims) => {
+                            let bound = check_binding(&config, &req, scheme, &token, &claims);
+                            match authorize(&config, &mut req, bound, claims) {
+                                Ok(()) => {
+                                    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                                    inner.call(req).await
+                                }
+                                Err(r) => Ok(refuse(&config, &req, r)),
                             }
-                            Err(r) => Ok(refuse(&config, &req, r)),
-                        },
-                        Err(e) => Ok(refuse(&config, &req, Refusal::InvalidToken(e))),
+                        }
+                        Err(e) => Ok(refuse(&config, &req, Refusal::InvalidToken(scheme, e))),
                     }
                 }))
             }
-            Err(e) => ResponseFuture::respond(refuse(config, &req, Refusal::InvalidToken(e))),
+            Err(e) => {
+                ResponseFuture::respond(refuse(config, &req, Refusal::InvalidToken(scheme, e)))
+            }
         }
     }
 }
