@@ -833,17 +833,17 @@ async fn serve_connection<S, B>(
         };
         tokio::select! {
             result = conn.as_mut() => {
-                if let Err(err) = result {
-                    if err
-                        .downcast_ref::<hyper::Error>()
+                // With hyper's HTTP/1 header timer off, its only timeout is the HTTP/2 ping.
+                let ping_unanswered = result.err().is_some_and(|err| {
+                    err.downcast_ref::<hyper::Error>()
                         .is_some_and(hyper::Error::is_timeout)
-                    {
-                        closed_by(
-                            peer,
-                            ConnectionBound::Http2KeepAliveTimeout,
-                            "keep-alive ping unanswered",
-                        );
-                    }
+                });
+                if ping_unanswered {
+                    closed_by(
+                        peer,
+                        ConnectionBound::Http2KeepAliveTimeout,
+                        "keep-alive ping unanswered",
+                    );
                 }
                 return;
             }
