@@ -1,12 +1,14 @@
 //! The server stack: audit → pre-auth rate limit → mTLS identity → verify signature →
-//! verify DPoP → require bearer → per-identity rate limit → your service; [`serve_tls`] to run it,
+//! verify DPoP → require bearer → per-identity rate limit → your service; [`serve_tls`] (or
+//! [`serve_tls_with`] and [`ServeOptions`]) to run it with every connection phase bounded,
 //! [`RotatingCert`] to rotate its key and [`RequireClientIdentityLayer`] for the mTLS step.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +20,10 @@ use portcullis_pin::{PeerIdentity, PeerIdentityLayer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::layer::util::Identity;
 use tower::{Service, ServiceBuilder};
@@ -468,27 +473,207 @@ impl ResolvesServerCert for RotatingCert {
         )
     }
 }
-
-/// How long a client has to complete the TLS handshake, and then to send each request's
-/// headers, before [`serve_tls`] drops the connection (slowloris protection).
+/// The default bound on the TLS handshake and on reading a request head (see
+/// [`ServeOptions`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `tracing` target of [`serve_tls`]'s connection events.
 pub const TARGET: &str = "portcullis::server";
 
-/// Serves `service` over TLS on `listener` until the task is dropped.
+/// The bound that ended or refused a connection in [`serve_tls`]: [`as_str`](Self::as_str) is
+/// the `event.reason` of its event and [`action`](Self::action) the `event.action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionBound {
+    /// The TLS handshake did not finish within [`ServeOptions::handshake_timeout`].
+    HandshakeTimeout,
+    /// No complete request within [`ServeOptions::header_read_timeout`]: of the handshake for
+    /// the first request, of its first byte for a later HTTP/1 request.
+    HeaderReadTimeout,
+    /// The connection stayed idle (no request in flight) for
+    /// [`ServeOptions::keep_alive_timeout`].
+    KeepAliveTimeout,
+    /// An HTTP/2 peer left a keep-alive ping unanswered for
+    /// [`ServeOptions::http2_keep_alive_timeout`].
+    Http2KeepAliveTimeout,
+    /// [`ServeOptions::max_connections`] connections were open: accepting paused.
+    ConnectionLimit,
+    /// [`ServeOptions::max_connections_per_ip`] connections were open from the peer's address:
+    /// the new one was closed.
+    PerIpConnectionLimit,
+}
+
+impl ConnectionBound {
+    /// The `event.reason` of the event: `handshake_timeout`, `header_read_timeout`,
+    /// `keep_alive_timeout`, `http2_keep_alive_timeout`, `connection_limit` or
+    /// `per_ip_connection_limit`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HeaderReadTimeout => "header_read_timeout",
+            Self::KeepAliveTimeout => "keep_alive_timeout",
+            Self::Http2KeepAliveTimeout => "http2_keep_alive_timeout",
+            Self::ConnectionLimit => "connection_limit",
+            Self::PerIpConnectionLimit => "per_ip_connection_limit",
+        }
+    }
+
+    /// The `event.action` of the event: `tls.handshake`, `http.connection` or `tcp.accept`.
+    pub const fn action(self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "tls.handshake",
+            Self::HeaderReadTimeout | Self::KeepAliveTimeout | Self::Http2KeepAliveTimeout => {
+                "http.connection"
+            }
+            Self::ConnectionLimit | Self::PerIpConnectionLimit => "tcp.accept",
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long each phase of a connection may last in [`serve_tls_with`], and how many
+/// connections may be open. [`serve_tls`] uses [`ServeOptions::default()`].
 ///
-/// Each connection's requests carry the peer's [`SocketAddr`] and
-/// [`PeerAddr`](portcullis_retry::rate_limit::PeerAddr) (for rate-limit and audit keys) and,
-/// when the TLS config verified a client certificate (mTLS), its
-/// [`PeerIdentity`]. HTTP/1.1 and HTTP/2 are served (ALPN).
+/// | phase | bound | default | nginx |
+/// |---|---|---|---|
+/// | TCP accept → TLS handshake done | [`handshake_timeout`](Self::handshake_timeout) | 10 s | `client_header_timeout` 60 s |
+/// | handshake done → first request in (HTTP/1 head, or HTTP/2 stream opened), whatever arrives meanwhile: nothing, no ALPN, part of a preface, a preface and SETTINGS | [`header_read_timeout`](Self::header_read_timeout) | 10 s | `client_header_timeout` 60 s |
+/// | HTTP/1: first byte of a later request → end of its head | [`header_read_timeout`](Self::header_read_timeout) | 10 s | `client_header_timeout` 60 s |
+/// | HTTP/1: end of a response → first byte of the next request | [`keep_alive_timeout`](Self::keep_alive_timeout) | 60 s | `keepalive_timeout` 75 s |
+/// | HTTP/2: no stream open (PING, SETTINGS and other frames do not count) | [`keep_alive_timeout`](Self::keep_alive_timeout) | 60 s | `keepalive_timeout` 75 s (`http2_idle_timeout` 3 min before 1.19.7) |
+/// | HTTP/2: a keep-alive PING unanswered (a dead peer, also while streams are open) | [`http2_keep_alive_interval`](Self::http2_keep_alive_interval) + [`http2_keep_alive_timeout`](Self::http2_keep_alive_timeout) | 20 s + 20 s | none |
+/// | connections open at once | [`max_connections`](Self::max_connections) | 512 | `worker_connections` 512 |
+/// | connections open at once from one IP address | [`max_connections_per_ip`](Self::max_connections_per_ip) | off | `limit_conn` (off) |
 ///
-/// # Security
-/// A client gets [`HANDSHAKE_TIMEOUT`] to finish the TLS handshake and as long again to send
-/// each request's headers; a failed or timed-out handshake is reported as a `tls.handshake`
-/// failure event (target [`TARGET`], with `client.address` and `event.reason`) that the
-/// audit collector picks up. Accept errors (such as running out of file descriptors) pause
-/// the loop briefly instead of spinning.
+/// The handshake and head bounds are tighter than nginx's: a TLS handshake and a request
+/// head take a few round trips, so 10 s leaves room for slow mobile links while a client that
+/// holds a connection slot without sending anything loses it six times sooner. The
+/// keep-alive bound is a little under nginx's and equal to common load balancers' idle
+/// timeout, so a balancer in front closes first.
+///
+/// # At the limits
+/// When [`max_connections`](Self::max_connections) connections are open, the server stops
+/// accepting: new connections wait in the kernel's listen backlog (their handshake bound
+/// starts once accepted) and are accepted in arrival order as open ones close, which they do
+/// within the bounds above. One `tcp.accept` event with reason `connection_limit` marks the
+/// start of each such period. Past the backlog the kernel refuses or drops new connections.
+///
+/// A connection beyond [`max_connections_per_ip`](Self::max_connections_per_ip) is closed
+/// right after accept, before any TLS, with a `tcp.accept` event, reason
+/// `per_ip_connection_limit`. It is off by default because clients behind a proxy or NAT
+/// share one address.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use portcullis::server::ServeOptions;
+///
+/// let options = ServeOptions::default()
+///     .header_read_timeout(Duration::from_secs(5))
+///     .keep_alive_timeout(Duration::from_secs(30))
+///     .max_connections(2048)
+///     .max_connections_per_ip(64);
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    handshake_timeout: Duration,
+    header_read_timeout: Duration,
+    keep_alive_timeout: Duration,
+    http2_keep_alive_interval: Option<Duration>,
+    http2_keep_alive_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_ip: Option<usize>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: HANDSHAKE_TIMEOUT,
+            keep_alive_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: Some(Duration::from_secs(20)),
+            http2_keep_alive_timeout: Duration::from_secs(20),
+            max_connections: 512,
+            max_connections_per_ip: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// The defaults (see the table above).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long a client has, from TCP accept, to finish the TLS handshake.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a client has to send its first request after the handshake (HTTP/1 head or
+    /// HTTP/2 stream), and to finish each later HTTP/1 head once its first byte arrived. The
+    /// connection is dropped when it runs out.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a connection that served a request may stay idle: on HTTP/1 until the next
+    /// request's first byte, on HTTP/2 with no stream open. It is then shut down gracefully
+    /// (HTTP/2 GOAWAY) and dropped after [`header_read_timeout`](Self::header_read_timeout)
+    /// more if the client does not close it.
+    pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// How often to ping an HTTP/2 peer that sent nothing (`None`: never).
+    pub fn http2_keep_alive_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.http2_keep_alive_interval = interval.into();
+        self
+    }
+
+    /// How long an HTTP/2 peer has to answer a keep-alive ping before the connection is
+    /// closed, streams in flight included.
+    pub fn http2_keep_alive_timeout(mut self, timeout: Duration) -> Self {
+        self.http2_keep_alive_timeout = timeout;
+        self
+    }
+
+    /// How many connections may be open at once (TLS handshakes included); see "At the
+    /// limits" above.
+    ///
+    /// # Panics
+    /// When `max` is 0 (the server would never accept).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        assert!(max > 0, "max_connections must be at least 1");
+        self.max_connections = max;
+        self
+    }
+
+    /// How many connections may be open at once from one IP address (`None`: no per-address
+    /// limit); see "At the limits" above.
+    ///
+    /// # Panics
+    /// When `max` is `Some(0)` (every connection would be refused).
+    pub fn max_connections_per_ip(mut self, max: impl Into<Option<usize>>) -> Self {
+        let max = max.into();
+        assert!(max != Some(0), "max_connections_per_ip must be at least 1");
+        self.max_connections_per_ip = max;
+        self
+    }
+}
+
+/// Serves `service` over TLS on `listener` with the default [`ServeOptions`] until the task is
+/// dropped; see [`serve_tls_with`].
 pub async fn serve_tls<S, B>(listener: TcpListener, config: Arc<rustls::ServerConfig>, service: S)
 where
     S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
@@ -498,8 +683,79 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_tls_with(listener, config, service, ServeOptions::default()).await;
+}
+
+/// Serves `service` over TLS on `listener` until the task is dropped, each connection phase
+/// bounded by `options`.
+///
+/// Each connection's requests carry the peer's [`SocketAddr`] and
+/// [`PeerAddr`](portcullis_retry::rate_limit::PeerAddr) (for rate-limit and audit keys) and,
+/// when the TLS config verified a client certificate (mTLS), its
+/// [`PeerIdentity`]. HTTP/1.1 and HTTP/2 are served (ALPN).
+///
+/// # Security
+/// No phase of a connection is unbounded while the server waits on the client: the TLS
+/// handshake, the wait for the first request (whatever the protocol), each HTTP/1 head, the
+/// idle time between requests (HTTP/1 keep-alive, HTTP/2 with no stream) and an unanswered
+/// HTTP/2 ping each have a bound (see [`ServeOptions`]), and the number of open connections
+/// is capped. A connection ended or refused by a bound is reported as an event (target
+/// [`TARGET`], `event.action` and `event.reason` from [`ConnectionBound`], `client.address`),
+/// at `info` level except the routine `keep_alive_timeout` (`debug`); a failed handshake is a
+/// `tls.handshake` failure with reason `handshake_failed`. Accept errors (such as running
+/// out of file descriptors) pause the loop briefly instead of spinning.
+///
+/// Time spent in your service (and reading a request body it asked for) is yours to bound,
+/// e.g. with `tower::timeout`.
+pub async fn serve_tls_with<S, B>(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    service: S,
+    options: ServeOptions,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let acceptor = TlsAcceptor::from(config);
+    let options = Arc::new(options);
+    let slots = Arc::new(Semaphore::new(
+        options.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let per_ip = options
+        .max_connections_per_ip
+        .map(|max| Arc::new(PerIp::new(max)));
+    let mut at_limit = false;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_limit = false;
+                slot
+            }
+            Err(_) => {
+                if !at_limit {
+                    at_limit = true;
+                    tracing::warn!(
+                        target: TARGET,
+                        limit = options.max_connections,
+                        "event.kind" = "event",
+                        "event.category" = "network",
+                        "event.action" = ConnectionBound::ConnectionLimit.action(),
+                        "event.outcome" = "failure",
+                        "event.reason" = ConnectionBound::ConnectionLimit.as_str(),
+                        "connection limit reached; new connections wait in the listen backlog"
+                    );
+                }
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    // The semaphore is never closed.
+                    Err(_) => return,
+                }
+            }
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -516,42 +772,453 @@ where
                 continue;
             }
         };
+        let ip_slot = match &per_ip {
+            None => None,
+            Some(per_ip) => match per_ip.try_acquire(peer.ip()) {
+                Some(ip_slot) => Some(ip_slot),
+                None => {
+                    closed_by(
+                        peer,
+                        ConnectionBound::PerIpConnectionLimit,
+                        "too many connections from this address",
+                    );
+                    continue;
+                }
+            },
+        };
         let acceptor = acceptor.clone();
         let service = service.clone();
+        let options = options.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    handshake_failed(peer, "handshake_failed", &err.to_string());
-                    return;
-                }
-                Err(_) => {
-                    handshake_failed(peer, "handshake_timeout", "no TLS handshake in time");
-                    return;
-                }
-            };
-            let svc = ServiceBuilder::new()
-                .layer(PeerIdentityLayer::from_connection(tls.get_ref().1))
-                .map_request(move |mut req: http::Request<Incoming>| {
-                    req.extensions_mut().insert(peer);
-                    req.extensions_mut()
-                        .insert(portcullis_retry::rate_limit::PeerAddr(peer));
-                    req
-                })
-                .service(service);
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT);
-            let _ = builder
-                .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .await;
+            serve_connection(acceptor, tcp, peer, service, &options).await;
+            drop((slot, ip_slot));
         });
     }
 }
 
-fn handshake_failed(peer: SocketAddr, reason: &'static str, detail: &str) {
+/// Serves one accepted connection, enforcing the bounds of `options` on it.
+async fn serve_connection<S, B>(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    options: &ServeOptions,
+) where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            handshake_failed(peer, &err.to_string());
+            return;
+        }
+        Err(_) => {
+            closed_by(
+                peer,
+                ConnectionBound::HandshakeTimeout,
+                "no TLS handshake in time",
+            );
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::new(
+        tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+    ));
+    let svc = ServiceBuilder::new()
+        .layer(PeerIdentityLayer::from_connection(tls.get_ref().1))
+        .map_request(move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(peer);
+            req.extensions_mut()
+                .insert(portcullis_retry::rate_limit::PeerAddr(peer));
+            req
+        })
+        .service(service);
+    let svc = Track {
+        inner: svc,
+        activity: activity.clone(),
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The loop below times request heads on both protocols; hyper's own HTTP/1 header timer
+    // would also run between requests and cut keep-alive short.
+    builder.http1().header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.http2_keep_alive_interval)
+        .keep_alive_timeout(options.http2_keep_alive_timeout);
+    let io = Watched {
+        inner: tls,
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+
+    let bound = loop {
+        let deadline = activity.deadline(options);
+        let expired = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                // With hyper's HTTP/1 header timer off, its only timeout is the HTTP/2 ping.
+                let ping_unanswered = result.err().is_some_and(|err| {
+                    err.downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout)
+                });
+                if ping_unanswered {
+                    closed_by(
+                        peer,
+                        ConnectionBound::Http2KeepAliveTimeout,
+                        "keep-alive ping unanswered",
+                    );
+                }
+                return;
+            }
+            () = activity.went_idle.notified() => {}
+            () = expired => match activity.deadline(options) {
+                Some((at, bound)) if at <= Instant::now() => break bound,
+                _ => {}
+            },
+        }
+    };
+    match bound {
+        ConnectionBound::KeepAliveTimeout => {
+            closed_by(peer, bound, "idle connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(options.header_read_timeout, conn).await;
+        }
+        _ => closed_by(peer, bound, "no complete request in time"),
+    }
+}
+
+/// What a connection is doing, shared by its IO (reads), its requests (in flight or not) and
+/// the loop that enforces the bounds.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    /// When the first byte since the connection went idle arrived, as nanoseconds after
+    /// `opened` plus one; 0 while none did.
+    first_byte: AtomicU64,
+    state: Mutex<ActivityState>,
+    went_idle: Notify,
+}
+
+#[derive(Debug)]
+struct ActivityState {
+    in_flight: usize,
+    requests: u64,
+    idle_since: Instant,
+    http2: bool,
+}
+
+impl Activity {
+    fn new(http2: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            opened: now,
+            first_byte: AtomicU64::new(0),
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                requests: 0,
+                idle_since: now,
+                http2,
+            }),
+            went_idle: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn on_read(&self) {
+        if self.first_byte.load(Ordering::Relaxed) == 0 {
+            let nanos = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            let _ = self.first_byte.compare_exchange(
+                0,
+                nanos + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.requests += 1;
+        state.http2 |= version == http::Version::HTTP_2;
+        InFlight(self.clone())
+    }
+
+    fn end(&self) {
+        let idle = {
+            let mut state = self.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if state.in_flight == 0 {
+                self.first_byte.store(0, Ordering::Relaxed);
+                state.idle_since = Instant::now();
+            }
+            state.in_flight == 0
+        };
+        if idle {
+            self.went_idle.notify_one();
+        }
+    }
+
+    /// When the connection runs out of time, and which bound that is; `None` while a request
+    /// is in flight.
+    fn deadline(&self, options: &ServeOptions) -> Option<(Instant, ConnectionBound)> {
+        let state = self.state();
+        if state.in_flight > 0 {
+            return None;
+        }
+        if state.requests == 0 {
+            return Some((
+                after(state.idle_since, options.header_read_timeout),
+                ConnectionBound::HeaderReadTimeout,
+            ));
+        }
+        let first_byte = self.first_byte.load(Ordering::Relaxed);
+        if !state.http2 && first_byte != 0 {
+            let at = after(self.opened, Duration::from_nanos(first_byte - 1));
+            return Some((
+                after(at, options.header_read_timeout),
+                ConnectionBound::HeaderReadTimeout,
+            ));
+        }
+        Some((
+            after(state.idle_since, options.keep_alive_timeout),
+            ConnectionBound::KeepAliveTimeout,
+        ))
+    }
+}
+
+/// `at + timeout`, or far in the future when that overflows.
+fn after(at: Instant, timeout: Duration) -> Instant {
+    at.checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// A request in flight; the connection goes idle when the last one is dropped.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The connection's IO, noting when bytes arrive.
+    struct Watched<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Watched<T> {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Marks each request in flight from its head until its response body is done or dropped.
+#[derive(Clone, Debug)]
+struct Track<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Track<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<Tracked<ResBody>>;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let guard = self.activity.begin(req.version());
+        TrackFuture {
+            future: self.inner.call(req),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct TrackFuture<F> {
+        #[pin]
+        future: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<Tracked<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        let guard = this.guard.take();
+        Poll::Ready(result.map(|res| res.map(|body| Tracked { body, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight until it ends or is dropped.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.body.poll_frame(cx));
+        if frame.is_none() {
+            this.guard.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Open connections per client address.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection from `ip`, released on drop.
+#[derive(Debug)]
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .per_ip
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn handshake_failed(peer: SocketAddr, detail: &str) {
     tracing::info!(
         target: TARGET,
         detail,
@@ -559,8 +1226,37 @@ fn handshake_failed(peer: SocketAddr, reason: &'static str, detail: &str) {
         "event.category" = "network",
         "event.action" = "tls.handshake",
         "event.outcome" = "failure",
-        "event.reason" = reason,
+        "event.reason" = "handshake_failed",
         "client.address" = %peer.ip(),
         "TLS handshake refused"
     );
+}
+
+/// Reports a connection that `bound` ended or refused.
+fn closed_by(peer: SocketAddr, bound: ConnectionBound, detail: &str) {
+    if bound == ConnectionBound::KeepAliveTimeout {
+        tracing::debug!(
+            target: TARGET,
+            detail,
+            "event.kind" = "event",
+            "event.category" = "network",
+            "event.action" = bound.action(),
+            "event.outcome" = "success",
+            "event.reason" = bound.as_str(),
+            "client.address" = %peer.ip(),
+            "idle connection closed"
+        );
+    } else {
+        tracing::info!(
+            target: TARGET,
+            detail,
+            "event.kind" = "event",
+            "event.category" = "network",
+            "event.action" = bound.action(),
+            "event.outcome" = "failure",
+            "event.reason" = bound.as_str(),
+            "client.address" = %peer.ip(),
+            "connection closed by a bound"
+        );
+    }
 }
