@@ -24,7 +24,9 @@ use tokio_rustls::client::TlsStream;
 use crate::observe::{Observers, PinCheck, PinReport};
 use crate::pin::Pin as KeyPin;
 use crate::policy::PinPolicy;
-use crate::verify::{CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared, trust_anchor};
+use crate::verify::{
+    CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared, UnpinnableHost, trust_anchor,
+};
 
 /// Pinned TLS for clients: one policy, many ways to use it.
 ///
@@ -605,16 +607,24 @@ pub enum ConnectError {
 }
 
 fn tls_message(err: &io::Error) -> String {
-    match PinFailure::find(err) {
-        Some(failure) => failure.to_string(),
-        None => err.to_string(),
+    if let Some(failure) = PinFailure::find(err) {
+        return failure.to_string();
     }
+    if let Some(refused) = UnpinnableHost::find(err) {
+        return refused.to_string();
+    }
+    err.to_string()
 }
 
 impl ConnectError {
     /// The pin failure behind this error, if that is what it was.
     pub fn pin_failure(&self) -> Option<&PinFailure> {
         PinFailure::find(self)
+    }
+
+    /// The refusal of a server name whose pins could not be looked up, if that is what it was.
+    pub fn unpinnable_host(&self) -> Option<&UnpinnableHost> {
+        UnpinnableHost::find(self)
     }
 
     /// The rustls error behind a TLS failure.
