@@ -399,6 +399,7 @@ impl PinnedTlsBuilder {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The template for every generation, which brings its own verifier and session store.
         let first = Generation::new(0, &shared, &config);
         Ok(PinnedTls {
             inner: Arc::new(Inner {

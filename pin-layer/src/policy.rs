@@ -853,7 +853,11 @@ mod tests {
     fn names_without_a_canonical_form() {
         // Valid server names for rustls whose `xn--` label is not valid punycode: no
         // canonical form, so the handshake must refuse them (see verify.rs).
-        for host in ["xn--a.example.test", "xn--.example.test", "a.xn--zz-.example.test"] {
+        for host in [
+            "xn--a.example.test",
+            "xn--.example.test",
+            "a.xn--zz-.example.test",
+        ] {
             if rustls_pki_types::DnsName::try_from(host).is_ok() {
                 assert_eq!(canonical_server_name(host), None, "{host}");
             }
@@ -871,7 +875,12 @@ mod tests {
             assert_eq!(canonical_server_name(host).as_deref(), canonical, "{host}");
         }
         // Non-DNS characters are still refused, now by the TLS stack's own name rules.
-        for host in ["a b.example.test", "a/b.example.test", "a*.example.test", "-a.example"] {
+        for host in [
+            "a b.example.test",
+            "a/b.example.test",
+            "a*.example.test",
+            "-a.example",
+        ] {
             assert_eq!(canonical_host(host), None, "{host}");
         }
     }

@@ -52,7 +52,11 @@ async fn connect(
 ) -> Result<portcullis_pin::PinnedStream, portcullis_pin::ConnectError> {
     tls.connector()
         .connect_to(server.addr())
-        .connect(format!("https://{name}:{}/", server.port()).parse().unwrap())
+        .connect(
+            format!("https://{name}:{}/", server.port())
+                .parse()
+                .unwrap(),
+        )
         .await
 }
 
@@ -143,7 +147,10 @@ async fn a_name_without_a_canonical_form_fails_closed() {
     }
     let text = logs.text();
     assert_eq!(text.matches("host_not_canonical").count(), 2, "{text}");
-    assert!(text.contains("\"event.action\":\"tls.pin.check\""), "{text}");
+    assert!(
+        text.contains("\"event.action\":\"tls.pin.check\""),
+        "{text}"
+    );
 
     // Under an empty policy nothing can be pinned, so there is nothing to decide.
     let unpinned = tls_with_empty_policy(&legit, &second);

@@ -179,7 +179,10 @@ async fn late_tls13_ticket_of_an_old_connection_is_not_resumed_after_a_swap() {
     assert!(PinFailure::find(&err).is_some(), "{err}");
     tokio::task::yield_now().await;
     let (_, resumed, _) = server.counts();
-    assert_eq!(resumed, 0, "no handshake resumed a session of the old policy");
+    assert_eq!(
+        resumed, 0,
+        "no handshake resumed a session of the old policy"
+    );
 }
 
 #[tokio::test]

@@ -59,7 +59,9 @@ impl Cas {
 /// A server with a certificate for `name` (without a trailing dot) from `ca`.
 async fn serve(ca: &TestPki, name: &str) -> TestServer {
     let san = name.strip_suffix('.').unwrap_or(name);
-    let leaf = ca.intermediate.issue(&LeafSpec::server().with_names(&[san]));
+    let leaf = ca
+        .intermediate
+        .issue(&LeafSpec::server().with_names(&[san]));
     TestServer::https(server_config(ca.chain_for(&leaf), leaf.key_der())).await
 }
 
@@ -71,7 +73,11 @@ async fn connect(
 ) -> Result<PinnedStream, ConnectError> {
     tls.connector()
         .connect_to(server.addr())
-        .connect(format!("https://{name}:{}/", server.port()).parse().unwrap())
+        .connect(
+            format!("https://{name}:{}/", server.port())
+                .parse()
+                .unwrap(),
+        )
         .await
 }
 
@@ -127,7 +133,8 @@ async fn name_without_a_canonical_form_fails_closed() {
     }
     let text = String::from_utf8(events.lock().unwrap().clone()).unwrap();
     assert_eq!(
-        text.matches("\"event.reason\":\"host_not_canonical\"").count(),
+        text.matches("\"event.reason\":\"host_not_canonical\"")
+            .count(),
         2,
         "{text}"
     );

@@ -168,7 +168,11 @@ async fn tls13_ticket_read_after_an_emergency_rotation_is_never_resumed() {
         );
     }
     assert_eq!(server.resumed(), 0, "no handshake skipped the pin check");
-    assert_eq!(server.full(), 1, "only the pre-rotation handshake completed");
+    assert_eq!(
+        server.full(),
+        1,
+        "only the pre-rotation handshake completed"
+    );
 }
 
 #[tokio::test]
