@@ -24,7 +24,9 @@ use tokio_rustls::client::TlsStream;
 use crate::observe::{Observers, PinCheck, PinReport};
 use crate::pin::Pin as KeyPin;
 use crate::policy::PinPolicy;
-use crate::verify::{CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared, trust_anchor};
+use crate::verify::{
+    CONNECTION, ConnSlot, PinFailure, PinVerifier, Shared, UnpinnableHost, trust_anchor,
+};
 
 /// Pinned TLS for clients: one policy, many ways to use it.
 ///
@@ -44,14 +46,66 @@ pub struct PinnedTls {
 
 struct Inner {
     shared: Arc<Shared>,
-    config: Arc<ClientConfig>,
-    sessions: Arc<SwappableSessions>,
+    /// The current policy generation. Replaced (never changed in place) by `set_policy`.
+    current: RwLock<Arc<Generation>>,
     connections: Mutex<HashMap<u64, Arc<AtomicWaker>>>,
-    /// The check of each host's last full handshake under the current policy, shown for
-    /// connections that resume its session.
-    last_checks: Mutex<HashMap<String, PinCheck>>,
+    /// The check of each host's last full handshake, with the generation it was made under,
+    /// shown for connections of that generation that resume its session.
+    last_checks: Mutex<HashMap<String, (u64, PinCheck)>>,
     next_connection: AtomicU64,
+    /// `current.number`, readable without the lock on every read and write of a connection.
     generation: AtomicU64,
+}
+
+/// One policy generation: the client config its connections are made with, whose certificate
+/// verifier and session store belong to this generation alone.
+///
+/// # Why sessions are bound to a generation this way
+/// A resumed TLS session skips certificate verification, so a session must only ever be
+/// resumed under the policy it was verified under. rustls' session-store callbacks do not say
+/// which connection is calling, and a TLS 1.3 ticket may arrive long after the handshake (on a
+/// pooled keep-alive connection) or a TLS 1.2 session be stored a round trip after the
+/// certificate was checked: a store that only knew "the current cache" filed those sessions
+/// under whatever policy was current *then*. Instead, each generation has its own config with
+/// its own [`GenerationSessions`], so a connection always stores into the store of the config
+/// it was made with, fixed at connect time:
+///
+/// - `set_policy` retires the old generation's store before it publishes the new policy:
+///   retiring drops the cache under its write lock, and every insert and take runs under its
+///   read lock, so an insert either lands before (and is dropped with the cache) or finds the
+///   store retired (and is dropped). No session of a retired store is ever handed out again.
+/// - A connection of a config taken before a swap (a `client_config()` held by reqwest, an
+///   `https_connector()`) verifies under the current policy but stores into its own, retired,
+///   store: nothing it learns is kept. A store only accepts sessions while its generation is
+///   current, and its config is only handed out once its generation is published, so every
+///   session it holds was verified under its generation's policy.
+/// - Each generation also has its own verifier instance, and rustls resumes a session only
+///   under the verifier that verified it: a session can never cross generations even if it
+///   were filed in the wrong store.
+struct Generation {
+    number: u64,
+    config: Arc<ClientConfig>,
+    sessions: Arc<GenerationSessions>,
+}
+
+impl Generation {
+    /// Generation `number` of `shared`, with `template`'s settings but its own verifier and
+    /// session store.
+    fn new(number: u64, shared: &Arc<Shared>, template: &ClientConfig) -> Self {
+        let mut config = template.clone();
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(PinVerifier {
+                shared: shared.clone(),
+            }));
+        let sessions = Arc::new(GenerationSessions::new(number));
+        config.resumption = Resumption::store(sessions.clone());
+        Self {
+            number,
+            config: Arc::new(config),
+            sessions,
+        }
+    }
 }
 
 impl fmt::Debug for Inner {
@@ -91,16 +145,22 @@ impl PinnedTls {
 
     /// A rustls client config that verifies and pins, sharing this policy. ALPN offers `h2`
     /// and `http/1.1`.
+    ///
+    /// Policy swaps apply to its new handshakes. Its TLS sessions belong to the policy
+    /// generation current when it was taken: after [`PinnedTls::set_policy`] it no longer
+    /// resumes or stores any session (each would skip the new pin check), so take a new config
+    /// after a swap to resume sessions again.
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::clone(&self.inner.config)
+        ClientConfig::clone(&self.current().config)
     }
 
     /// A hyper-rustls connector over hyper-util's `HttpConnector`, HTTPS only, HTTP/1.1 and
     /// HTTP/2.
     ///
-    /// Policy swaps apply to its new handshakes and discard its TLS sessions; connections
-    /// already in a hyper pool stay until they close. Use [`PinnedTls::connector`] to retire
-    /// them too.
+    /// Policy swaps apply to its new handshakes and end its TLS session resumption (as for
+    /// [`PinnedTls::client_config`]); connections already in a hyper pool stay until they
+    /// close. Use [`PinnedTls::connector`] to retire them too, and to keep resuming sessions
+    /// across swaps.
     pub fn https_connector(
         &self,
     ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
@@ -127,23 +187,33 @@ impl PinnedTls {
     }
 
     /// Replaces the policy on the live client. New handshakes use `policy`; TLS sessions and
-    /// pooled connections (of [`PinnedConnector`]) made under the old one are not reused.
+    /// pooled connections (of [`PinnedConnector`]) made under the old one are not reused, and
+    /// a TLS session that arrives later on a connection verified under the old one (a TLS 1.3
+    /// ticket on a keep-alive connection) is dropped.
     pub fn set_policy(&self, policy: PinPolicy) {
         {
-            let mut slot = self
+            let mut current = self
+                .inner
+                .current
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            // Retire first: from here on nothing the old generation's connections learn is
+            // kept, whichever policy they were verified under.
+            current.sessions.retire();
+            *self
                 .inner
                 .shared
                 .policy
                 .write()
-                .unwrap_or_else(|e| e.into_inner());
-            *slot = Arc::new(policy);
-            self.inner.sessions.reset();
+                .unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+            let next = Generation::new(current.number + 1, &self.inner.shared, &current.config);
+            self.inner.generation.store(next.number, Ordering::SeqCst);
+            *current = Arc::new(next);
             self.inner
                 .last_checks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
-            self.inner.generation.fetch_add(1, Ordering::SeqCst);
         }
         let old = std::mem::take(
             &mut *self
@@ -171,6 +241,14 @@ impl PinnedTls {
     /// How many times the policy was replaced.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    fn current(&self) -> Arc<Generation> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -320,14 +398,13 @@ impl PinnedTlsBuilder {
                 .map_err(BuildError::Tls)?,
             None => builder.with_no_client_auth(),
         };
-        let sessions = Arc::new(SwappableSessions::default());
-        config.resumption = Resumption::store(sessions.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The template for every generation, which brings its own verifier and session store.
+        let first = Generation::new(0, &shared, &config);
         Ok(PinnedTls {
             inner: Arc::new(Inner {
                 shared,
-                config: Arc::new(config),
-                sessions,
+                current: RwLock::new(Arc::new(first)),
                 connections: Mutex::new(HashMap::new()),
                 last_checks: Mutex::new(HashMap::new()),
                 next_connection: AtomicU64::new(0),
@@ -358,69 +435,98 @@ pub enum BuildError {
     Policy(#[from] crate::PolicyError),
 }
 
-/// TLS sessions that are all forgotten when the policy changes: a resumed session skips
-/// certificate verification, so it must never outlive the policy it was verified under.
+/// The TLS sessions of one policy generation (see [`Generation`]): kept while the generation
+/// is current, all dropped when it is retired, and none accepted or handed out after that.
 #[derive(Debug)]
-struct SwappableSessions {
-    inner: RwLock<Arc<ClientSessionMemoryCache>>,
+struct GenerationSessions {
+    generation: u64,
+    /// `None` once retired. Every operation runs under the read lock and retiring takes the
+    /// write lock, so none can straddle the retirement.
+    cache: RwLock<Option<ClientSessionMemoryCache>>,
 }
 
 const SESSION_CACHE_SIZE: usize = 256;
 
-impl Default for SwappableSessions {
-    fn default() -> Self {
+impl GenerationSessions {
+    fn new(generation: u64) -> Self {
         Self {
-            inner: RwLock::new(Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE))),
+            generation,
+            cache: RwLock::new(Some(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE))),
         }
     }
-}
 
-impl SwappableSessions {
-    fn current(&self) -> Arc<ClientSessionMemoryCache> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn retire(&self) {
+        *self.cache.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn reset(&self) {
-        *self.inner.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(ClientSessionMemoryCache::new(SESSION_CACHE_SIZE));
+    /// Runs `f` on the cache while the generation is current; `None` once it is retired.
+    fn with<R>(&self, f: impl FnOnce(&ClientSessionMemoryCache) -> R) -> Option<R> {
+        self.cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(f)
+    }
+
+    fn dropped(&self, what: &'static str) {
+        tracing::debug!(
+            target: crate::observe::TARGET,
+            generation = self.generation,
+            session = what,
+            event.kind = "event",
+            event.category = "network",
+            event.action = "tls.pin.session_dropped",
+            event.outcome = "success",
+            "TLS session of a retired pin policy generation dropped"
+        );
     }
 }
 
-impl ClientSessionStore for SwappableSessions {
+impl ClientSessionStore for GenerationSessions {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.current().set_kx_hint(server_name, group)
+        self.with(|c| c.set_kx_hint(server_name, group));
     }
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.current().kx_hint(server_name)
+        self.with(|c| c.kx_hint(server_name)).flatten()
     }
     fn set_tls12_session(
         &self,
         server_name: ServerName<'static>,
         value: rustls::client::Tls12ClientSessionValue,
     ) {
-        self.current().set_tls12_session(server_name, value)
+        if self
+            .with(|c| c.set_tls12_session(server_name, value))
+            .is_none()
+        {
+            self.dropped("tls12_session");
+        }
     }
     fn tls12_session(
         &self,
         server_name: &ServerName<'_>,
     ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.current().tls12_session(server_name)
+        self.with(|c| c.tls12_session(server_name)).flatten()
     }
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.current().remove_tls12_session(server_name)
+        self.with(|c| c.remove_tls12_session(server_name));
     }
     fn insert_tls13_ticket(
         &self,
         server_name: ServerName<'static>,
         value: rustls::client::Tls13ClientSessionValue,
     ) {
-        self.current().insert_tls13_ticket(server_name, value)
+        if self
+            .with(|c| c.insert_tls13_ticket(server_name, value))
+            .is_none()
+        {
+            self.dropped("tls13_ticket");
+        }
     }
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.current().take_tls13_ticket(server_name)
+        self.with(|c| c.take_tls13_ticket(server_name)).flatten()
     }
 }
 
@@ -506,12 +612,15 @@ impl PinnedConnector {
         }
         .map_err(ConnectError::Io)?;
         let _ = tcp.set_nodelay(true);
-        let generation = self.tls.generation();
+        // The connection belongs to this generation: its sessions go to this generation's
+        // store, and it is retired as soon as another generation is current.
+        let current = self.tls.current();
+        let generation = current.number;
         let slot = Arc::new(ConnSlot {
             port,
             ..ConnSlot::default()
         });
-        let handshake = TlsConnector::from(self.tls.inner.config.clone()).connect(server_name, tcp);
+        let handshake = TlsConnector::from(current.config.clone()).connect(server_name, tcp);
         let tls = CONNECTION
             .scope(slot.clone(), handshake)
             .await
@@ -536,10 +645,13 @@ impl PinnedConnector {
                     if last.len() >= MAX_REMEMBERED_HOSTS {
                         last.clear();
                     }
-                    last.insert(host.clone(), check.clone());
+                    last.insert(host.clone(), (generation, check.clone()));
                     Some(check)
                 }
-                None => last.get(&host).cloned(),
+                None => last
+                    .get(&host)
+                    .filter(|(g, _)| *g == generation)
+                    .map(|(_, c)| c.clone()),
             }
         };
         let peer = PinnedPeer {
@@ -605,16 +717,24 @@ pub enum ConnectError {
 }
 
 fn tls_message(err: &io::Error) -> String {
-    match PinFailure::find(err) {
-        Some(failure) => failure.to_string(),
-        None => err.to_string(),
+    if let Some(failure) = PinFailure::find(err) {
+        return failure.to_string();
     }
+    if let Some(refused) = UnpinnableHost::find(err) {
+        return refused.to_string();
+    }
+    err.to_string()
 }
 
 impl ConnectError {
     /// The pin failure behind this error, if that is what it was.
     pub fn pin_failure(&self) -> Option<&PinFailure> {
         PinFailure::find(self)
+    }
+
+    /// The refusal of a server name whose pins could not be looked up, if that is what it was.
+    pub fn unpinnable_host(&self) -> Option<&UnpinnableHost> {
+        UnpinnableHost::find(self)
     }
 
     /// The rustls error behind a TLS failure.

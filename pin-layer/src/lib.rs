@@ -63,4 +63,4 @@ pub use server::{
     AddPeerIdentity, PeerIdentity, PeerIdentityLayer, PinnedClientVerifier,
     PinnedClientVerifierBuilder,
 };
-pub use verify::{ChainLink, PinFailure, PinVerifier};
+pub use verify::{ChainLink, PinFailure, PinVerifier, UnpinnableHost};

@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::pin::Pin;
 use crate::policy::{Mode, PinEntry, Position};
-use crate::verify::{ChainLink, PinFailure};
+use crate::verify::{ChainLink, PinFailure, UnpinnableHost};
 
 /// The `tracing` target of pin events.
 pub const TARGET: &str = "portcullis::pin";
@@ -247,6 +247,22 @@ impl Observers {
                 hook(report);
             }
         }
+    }
+
+    pub(crate) fn unpinnable(&self, refused: &UnpinnableHost) {
+        tracing::warn!(
+            target: TARGET,
+            host = %refused.host(),
+            event.kind = "alert",
+            event.category = "network",
+            event.action = "tls.pin.check",
+            event.outcome = "failure",
+            event.reason = "host_not_canonical",
+            server.address = %refused.host(),
+            outcome = "failure",
+            mode = Mode::Enforce.as_str(),
+            "pin check refused: the server name has no canonical form to look its pins up by"
+        );
     }
 
     pub(crate) fn expiry_warning(&self, host: &str, entry: &PinEntry) {

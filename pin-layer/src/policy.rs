@@ -184,21 +184,46 @@ impl FromStr for HostPattern {
     }
 }
 
-/// Lower case, no trailing dot, IDNA to ASCII; `None` if not a valid DNS name.
+/// The one canonical form of a DNS name, used for policy patterns and for the server name of
+/// every handshake: lower case, no trailing dot, UTS-46 mapped to ASCII (punycode), then checked
+/// against the DNS-name syntax rustls itself accepts for a server name. `None` if the name has
+/// no canonical form.
+///
+/// The mapping is UTS-46 *without* STD3 rules and hyphen checks, the way the TLS stack matches
+/// names: `a_b.example.com`, `ab--cd.example.com` and `r3---sn-4g5e.example.com` (CDN node
+/// names) are valid server names that webpki matches, so they must find their pins too. Strict
+/// IDNA rejects them; canonicalising with it made such hosts look unpinned (fail open).
 pub(crate) fn canonical_host(host: &str) -> Option<String> {
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
         return None;
     }
-    let ascii = idna::domain_to_ascii_strict(host).ok()?;
-    if ascii.is_empty()
-        || ascii
-            .split('.')
-            .any(|l| l.is_empty() || l.len() > 63 || l.starts_with('-') || l.ends_with('-'))
-    {
+    let ascii = idna::uts46::Uts46::new()
+        .to_ascii(
+            host.as_bytes(),
+            idna::AsciiDenyList::EMPTY,
+            idna::uts46::Hyphens::Allow,
+            idna::uts46::DnsLength::Ignore,
+        )
+        .ok()?;
+    // The result must be a name rustls would accept as a server name (letters, digits, `-`
+    // and `_`; no empty, over-long or hyphen-edged label; not an IP address in disguise), and
+    // carry no trailing dot of its own (`a..` is not `a`).
+    if ascii.ends_with('.') || rustls_pki_types::DnsName::try_from(ascii.as_ref()).is_err() {
         return None;
     }
-    Some(ascii)
+    Some(ascii.into_owned())
+}
+
+/// The canonical form of a server name as a handshake presents it to the verifier: an ASCII
+/// DNS name rustls already validated. Canonicalising it may only lower its case and drop a
+/// trailing dot; any other change (an `xn--` label UTS-46 rejects or re-encodes) returns `None`,
+/// so that the pins looked up are always those of the very name webpki matched the
+/// certificate against.
+pub(crate) fn canonical_server_name(name: &str) -> Option<String> {
+    let canonical = canonical_host(name)?;
+    let plain = name.strip_suffix('.').unwrap_or(name);
+    canonical.eq_ignore_ascii_case(plain).then_some(canonical)
 }
 
 pub(crate) fn canonical_host_or_ip(host: &str) -> Option<String> {
@@ -784,6 +809,80 @@ mod tests {
         assert!(ip.entry_for("::1").is_some());
         assert!(ip.entry_for("[0:0:0:0:0:0:0:1]").is_some());
         assert!(ip.entry_for("127.0.0.2").is_none());
+    }
+
+    #[test]
+    fn names_strict_idna_rejects_but_tls_accepts_are_canonical_and_pinned() {
+        // Underscores and `--` in positions 3-4 (CDN node names): rustls accepts them as
+        // server names and webpki matches them, so the pins must apply.
+        let any = one("**.example.test");
+        for host in [
+            "a_b.example.test",
+            "ab--cd.example.test",
+            "r3---sn-4g5e.example.test",
+            "_dmarc.x.example.test",
+            "A_B.Example.Test.",
+        ] {
+            assert!(
+                rustls_pki_types::DnsName::try_from(host).is_ok(),
+                "{host}: a valid server name"
+            );
+            assert!(any.entry_for(host).is_some(), "{host}");
+            assert_eq!(
+                canonical_server_name(host).as_deref(),
+                Some(host.trim_end_matches('.').to_ascii_lowercase().as_str())
+            );
+        }
+        // Patterns with such labels parse and match, in code and in policy files.
+        let p = PinPolicy::from_toml(&format!(
+            "[[host]]\npattern = \"*.R3---SN-4G5E.example.test\"\npins = [\"{A}\", \"{B}\"]\n\
+             [[host]]\npattern = \"a_b.example.test\"\npins = [\"{A}\", \"{B}\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            p.entries()[0].pattern().to_string(),
+            "*.r3---sn-4g5e.example.test"
+        );
+        assert!(p.entry_for("x_y.r3---sn-4g5e.example.test").is_some());
+        assert!(p.entry_for("A_b.example.test").is_some());
+        assert!(p.entry_for("ab.example.test").is_none());
+        assert!(HostPattern::parse("**.ab--cd.example.test").is_ok());
+    }
+
+    #[test]
+    fn names_without_a_canonical_form() {
+        // Valid server names for rustls whose `xn--` label is not valid punycode: no
+        // canonical form, so the handshake must refuse them (see verify.rs).
+        for host in [
+            "xn--a.example.test",
+            "xn--.example.test",
+            "a.xn--zz-.example.test",
+        ] {
+            if rustls_pki_types::DnsName::try_from(host).is_ok() {
+                assert_eq!(canonical_server_name(host), None, "{host}");
+            }
+            assert_eq!(canonical_host(host), None, "{host}");
+            assert!(HostPattern::parse(host).is_err(), "{host}");
+        }
+        assert!(rustls_pki_types::DnsName::try_from("xn--a.example.test").is_ok());
+        // A valid punycode label is its own canonical form (any case).
+        assert_eq!(
+            canonical_server_name("Shop.XN--BCHER-KVA.example").as_deref(),
+            Some("shop.xn--bcher-kva.example")
+        );
+        // A handshake name is never mapped to another name: only case and a trailing dot.
+        for (host, canonical) in [("a.example.test.", Some("a.example.test")), ("a..", None)] {
+            assert_eq!(canonical_server_name(host).as_deref(), canonical, "{host}");
+        }
+        // Non-DNS characters are still refused, now by the TLS stack's own name rules.
+        for host in [
+            "a b.example.test",
+            "a/b.example.test",
+            "a*.example.test",
+            "-a.example",
+        ] {
+            assert_eq!(canonical_host(host), None, "{host}");
+        }
     }
 
     #[test]

@@ -428,26 +428,7 @@ impl PinFailure {
 
     /// Finds a `PinFailure` in `err` or its sources.
     pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a PinFailure> {
-        let mut cur = Some(err);
-        while let Some(e) = cur {
-            if let Some(f) = e.downcast_ref::<PinFailure>() {
-                return Some(f);
-            }
-            if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
-                e.downcast_ref::<rustls::Error>()
-                && let Some(f) = other.0.downcast_ref::<PinFailure>()
-            {
-                return Some(f);
-            }
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && let Some(inner) = io.get_ref()
-                && let Some(f) = PinFailure::find(inner)
-            {
-                return Some(f);
-            }
-            cur = e.source();
-        }
-        None
+        find_other(err)
     }
 }
 
@@ -488,11 +469,90 @@ impl From<PinFailure> for rustls::Error {
     }
 }
 
+/// A server name whose pins cannot be looked up, because it has no canonical form (the same
+/// lower-case, UTS-46 ASCII form the policy's patterns are kept in): an `xn--` label that is
+/// not valid punycode, for instance. Whether such a host is pinned cannot be decided, so the
+/// handshake is refused (under a non-empty policy) rather than treated as unpinned.
+///
+/// It reaches callers like a [`PinFailure`], inside
+/// `rustls::Error::InvalidCertificate(CertificateError::Other(..))`; [`UnpinnableHost::find`]
+/// digs it out of any error's source chain.
+#[derive(Clone)]
+pub struct UnpinnableHost {
+    host: String,
+}
+
+impl UnpinnableHost {
+    /// The server name as the handshake gave it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Finds an `UnpinnableHost` in `err` or its sources.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a UnpinnableHost> {
+        find_other(err)
+    }
+}
+
+impl fmt::Display for UnpinnableHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot decide whether {:?} is pinned: the name has no canonical form (lower case, \
+             UTS-46 ASCII), so no pin policy entry can be looked up; the connection is refused. \
+             Connect with the name's canonical form",
+            self.host
+        )
+    }
+}
+
+impl fmt::Debug for UnpinnableHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for UnpinnableHost {}
+
+impl From<UnpinnableHost> for rustls::Error {
+    fn from(e: UnpinnableHost) -> Self {
+        rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
+    }
+}
+
+/// Finds a `T` carried in `err` or its sources: directly, inside a rustls
+/// `CertificateError::Other`, or inside an `io::Error`.
+fn find_other<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(f) = e.downcast_ref::<T>() {
+            return Some(f);
+        }
+        if let Some(rustls::Error::InvalidCertificate(CertificateError::Other(other))) =
+            e.downcast_ref::<rustls::Error>()
+            && let Some(f) = other.0.downcast_ref::<T>()
+        {
+            return Some(f);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(f) = find_other::<T>(inner)
+        {
+            return Some(f);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// A rustls server-certificate verifier: standard webpki validation, then the host's pins on
 /// the verified path.
 ///
-/// One instance serves every connection of a [`PinnedTls`](crate::PinnedTls), so rustls can
-/// resume sessions (it only resumes under the verifier that verified them).
+/// A [`PinnedTls`](crate::PinnedTls) has one instance per policy generation, each serving every
+/// connection of its generation: rustls only resumes a session under the verifier that
+/// verified it, so sessions resume within a generation and never across a policy swap.
 #[derive(Debug, Clone)]
 pub struct PinVerifier {
     pub(crate) shared: Arc<Shared>,
@@ -520,21 +580,33 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let host_owned;
-        let host = match server_name {
-            ServerName::DnsName(d) => d.as_ref(),
+        let (host, canonical) = match server_name {
+            ServerName::DnsName(d) => (
+                d.as_ref().to_owned(),
+                crate::policy::canonical_server_name(d.as_ref()),
+            ),
             ServerName::IpAddress(ip) => {
-                host_owned = std::net::IpAddr::from(*ip).to_string();
-                &host_owned
+                let ip = std::net::IpAddr::from(*ip).to_string();
+                (ip.clone(), Some(ip))
             }
             _ => return Err(CertificateError::NotValidForName.into()),
         };
+        let host = host.as_str();
         let conn = CONNECTION.try_with(Arc::clone).ok();
         let policy = self.shared.policy();
-        let canonical = crate::policy::canonical_host_or_ip(host);
-        let entry = canonical
-            .as_deref()
-            .and_then(|h| policy.entry_for_canonical(h));
+        let entry = match canonical.as_deref() {
+            Some(h) => policy.entry_for_canonical(h),
+            // Nothing can be pinned under an empty policy, whatever the name.
+            None if policy.entries().is_empty() => None,
+            // Whether the host is pinned cannot be decided: fail closed, never "unpinned".
+            None => {
+                let refused = UnpinnableHost {
+                    host: host.to_owned(),
+                };
+                self.shared.observers.unpinnable(&refused);
+                return Err(refused.into());
+            }
+        };
         let peer = Peer {
             host,
             port: conn.as_ref().map(|c| c.port),
