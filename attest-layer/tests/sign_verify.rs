@@ -479,9 +479,10 @@ async fn over_cap_bodies_fail_on_the_client_and_are_refused_by_the_server() {
 
 #[tokio::test]
 async fn the_replay_cache_failing_closed_answers_503() {
-    let (ed, ..) = keys();
+    // One entry in all: the second key finds the whole cache full (no reserve at this size).
+    let (ed, ec, _) = keys();
     let cache = MemoryReplayCache::new(1);
-    let layer = VerifySignatureLayer::builder(server_keys(&[&ed]))
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ed, &ec]))
         .replay_cache(cache)
         .clock(|| NOW)
         .build()
@@ -489,12 +490,36 @@ async fn the_replay_cache_failing_closed_answers_503() {
     let a = sign(&SignLayer::new(ed.clone()).clock(|| NOW), post("a"))
         .await
         .unwrap();
-    let b = sign(&SignLayer::new(ed.clone()).clock(|| NOW), post("b"))
+    let b = sign(&SignLayer::new(ec.clone()).clock(|| NOW), post("b"))
         .await
         .unwrap();
     assert_eq!(verify(&layer, a).await.0, 200);
     let (status, reason, _) = verify(&layer, b).await;
     assert_eq!((status, reason.as_str()), (503, "replay_cache_unavailable"));
+}
+
+#[tokio::test]
+async fn a_key_over_its_replay_share_gets_429_and_the_other_keys_do_not() {
+    let (ed, ec, _) = keys();
+    let cache = MemoryReplayCache::new(1_000).per_partition(2);
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ed, &ec]))
+        .replay_cache(cache.clone())
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let flooder = SignLayer::new(ed.clone()).clock(|| NOW);
+    for body in ["1", "2"] {
+        let req = sign(&flooder, post(body)).await.unwrap();
+        assert_eq!(verify(&layer, req).await.0, 200);
+    }
+    let third = sign(&flooder, post("3")).await.unwrap();
+    let (status, reason, _) = verify(&layer, third).await;
+    assert_eq!((status, reason.as_str()), (429, "replay_quota_exceeded"));
+    assert_eq!(cache.partition_len("sig:ed"), 2);
+    let other = sign(&SignLayer::new(ec.clone()).clock(|| NOW), post("4"))
+        .await
+        .unwrap();
+    assert_eq!(verify(&layer, other).await.0, 200);
 }
 
 #[tokio::test]

@@ -274,7 +274,11 @@ where
                         .saturating_sub(self.config.clock.now_unix())
                         .max(1),
                 );
-                Some(cache.insert_once(format!("attest:{}:{jti}", device.app_id()), ttl))
+                Some(cache.insert_once(
+                    &format!("attest:{}", device.app_id()),
+                    format!("attest:{}:{jti}", device.app_id()),
+                    ttl,
+                ))
             }
             _ => None,
         };

@@ -598,7 +598,7 @@ where
             Ok((proof, key, ttl)) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let fut = self.config.replay.insert_once(key, ttl);
+                let fut = self.config.replay.insert_once(proof.jkt(), key, ttl);
                 parts.extensions.insert(proof);
                 VerifyDpopFuture {
                     state: DpopServerState::Replaying {

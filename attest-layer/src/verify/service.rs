@@ -59,6 +59,7 @@ impl<S> VerifySignature<S> {
 pub(crate) struct Checked {
     pub(crate) proof: VerifiedSignature,
     pub(crate) digest: Option<ExpectedDigest>,
+    pub(crate) replay_partition: String,
     pub(crate) replay_key: String,
     pub(crate) replay_ttl: Duration,
 }
@@ -149,6 +150,13 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
         return Err(Reason::WrongTag);
     }
 
+    // The key's share of the replay cache is checked before the signature and the body cost
+    // anything; only verified requests fill it, so nobody else can exhaust a key's share.
+    let replay_partition = format!("sig:{keyid}");
+    if config.replay.is_partition_full(&replay_partition) {
+        return Err(Reason::ReplayQuotaExceeded);
+    }
+
     let view = RequestParts::new(
         &parts.method,
         &parts.uri,
@@ -199,6 +207,7 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
             tag: tag.map(str::to_owned),
         },
         digest,
+        replay_partition,
         replay_key,
         replay_ttl,
     })
