@@ -225,7 +225,7 @@ async fn an_identical_replay_is_refused() {
 }
 
 #[tokio::test]
-async fn replay_without_nonce_is_caught_by_the_signature_value() {
+async fn replay_without_nonce_is_caught_by_the_signature_base() {
     let (ed, ..) = keys();
     let layer = VerifySignatureLayer::builder(server_keys(&[&ed]))
         .clock(|| NOW)
@@ -241,6 +241,29 @@ async fn replay_without_nonce_is_caught_by_the_signature_value() {
     let again = duplicate(&signed).await;
     assert_eq!(verify(&layer, signed).await.0, 200);
     assert_eq!(verify(&layer, again).await.1, "replayed");
+}
+
+#[tokio::test]
+async fn a_second_ecdsa_signature_of_the_same_message_is_a_replay() {
+    // ECDSA signatures are randomised: signing the same request twice gives two different
+    // signature values over one signature base. Without a nonce, that base is the message.
+    let (_, ec, _) = keys();
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ec]))
+        .clock(|| NOW)
+        .allow_missing_nonce()
+        .build()
+        .unwrap();
+    let signer = SignLayer::new(ec.clone()).without_nonce().clock(|| NOW);
+    let first = sign(&signer, post("x")).await.unwrap();
+    let second = sign(&signer, post("x")).await.unwrap();
+    assert_ne!(
+        first.headers()["signature"],
+        second.headers()["signature"],
+        "two signatures of one base"
+    );
+    assert_eq!(verify(&layer, first).await.0, 200);
+    let (status, reason, _) = verify(&layer, second).await;
+    assert_eq!((status, reason.as_str()), (401, "replayed"));
 }
 
 async fn reason_with(signer: SignLayer, layer: &VerifySignatureLayer) -> String {

@@ -170,8 +170,11 @@ impl VerifySignatureLayerBuilder {
         self
     }
 
-    /// Accepts signatures without a `nonce`; replays are then detected by the signature
-    /// value alone.
+    /// Accepts signatures without a `nonce`; replays are then detected by a SHA-256 of the
+    /// signature base (algorithm, key id, every covered component and parameter), never by
+    /// the signature bytes, so a re-encoded or malleated signature of the same message (the
+    /// ECDSA `(r, n - s)` twin) is still a replay. Two identical requests signed within the
+    /// same second are indistinguishable from a replay: the second is refused.
     #[must_use]
     pub fn allow_missing_nonce(mut self) -> Self {
         self.require_nonce = false;
