@@ -67,7 +67,7 @@ fn app()
 fn verifier(key: &SigningKey) -> VerifySignatureLayer {
     VerifySignatureLayer::builder(StaticKeys::new().with(key.keyid(), key.verifying_key()))
         // Each iteration carries a fresh nonce; room for every one of them in the window.
-        .replay_cache(MemoryReplayCache::new(20_000_000))
+        .replay_cache(MemoryReplayCache::new(20_000_000).per_partition(20_000_000))
         .build()
         .expect("verifier")
 }

@@ -561,7 +561,7 @@ fn start_servers(
     let verify = || {
         VerifySignatureLayer::builder(StaticKeys::new().with(KEY_ID, hmac.verifying_key()))
             // A fresh nonce per request: room for all of them.
-            .replay_cache(MemoryReplayCache::new(20_000_000))
+            .replay_cache(MemoryReplayCache::new(20_000_000).per_partition(20_000_000))
             .build()
     };
     let bearer = || -> Result<RequireBearerLayer, BoxError> {
@@ -1043,7 +1043,7 @@ fn memory_arm(arm: &str, n: u64, small: bool) -> Result<MemOutcome, BoxError> {
             let cache = MemoryReplayCache::new(capacity);
             out.rss_before_kib = rss_kib();
             for i in 0..n {
-                match cache.insert_once_now(flood_key(i), ttl) {
+                match cache.insert_once_now(&flood_key(i), flood_key(i), ttl) {
                     Ok(true) => {}
                     Ok(false) => return Err("a unique key was taken for a replay".into()),
                     Err(_full) => out.refused += 1,

@@ -573,3 +573,42 @@ fn ath_is_the_base64url_sha256_of_the_token() {
         "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_throwaway_key_proofs_from_one_peer_is_refused_alone() {
+    use portcullis_attest::MemoryReplayCache;
+    let server = VerifyDpopLayer::builder()
+        .origin("https://a.example")
+        .replay_cache(MemoryReplayCache::new(64).per_partition(4))
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let from = |peer: &str, req: &mut Request<Full<Bytes>>| {
+        req.extensions_mut()
+            .insert(peer.parse::<std::net::SocketAddr>().unwrap());
+    };
+    // Each proof is signed by a fresh key: partitioning per key would not hold them.
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let key = SigningKey::generate_ed25519("throwaway").unwrap();
+        let mut req = proof_for(&client(&key), get("https://a.example/x")).await;
+        from("198.51.100.7:4000", &mut req);
+        statuses.push(check(&server, req).await);
+    }
+    assert!(statuses[..4].iter().all(|s| s.0 == 200), "{statuses:?}");
+    assert_eq!(statuses[7], (429, "replay_quota_exceeded".into()));
+    // Another client is unaffected.
+    let key = SigningKey::generate_ed25519("victim").unwrap();
+    let mut req = proof_for(&client(&key), get("https://a.example/x")).await;
+    from("203.0.113.5:5000", &mut req);
+    assert_eq!(check(&server, req).await.0, 200);
+    // IPv6 addresses of one /64 share one share.
+    let mut v6 = Vec::new();
+    for i in 1..=6 {
+        let key = SigningKey::generate_ed25519("v6").unwrap();
+        let mut req = proof_for(&client(&key), get("https://a.example/x")).await;
+        from(&format!("[2001:db8:0:1::{i}]:443"), &mut req);
+        v6.push(check(&server, req).await.0);
+    }
+    assert_eq!(v6, [200, 200, 200, 200, 429, 429]);
+}

@@ -225,7 +225,7 @@ async fn an_identical_replay_is_refused() {
 }
 
 #[tokio::test]
-async fn replay_without_nonce_is_caught_by_the_signature_value() {
+async fn replay_without_nonce_is_caught_by_the_signature_base() {
     let (ed, ..) = keys();
     let layer = VerifySignatureLayer::builder(server_keys(&[&ed]))
         .clock(|| NOW)
@@ -241,6 +241,29 @@ async fn replay_without_nonce_is_caught_by_the_signature_value() {
     let again = duplicate(&signed).await;
     assert_eq!(verify(&layer, signed).await.0, 200);
     assert_eq!(verify(&layer, again).await.1, "replayed");
+}
+
+#[tokio::test]
+async fn a_second_ecdsa_signature_of_the_same_message_is_a_replay() {
+    // ECDSA signatures are randomised: signing the same request twice gives two different
+    // signature values over one signature base. Without a nonce, that base is the message.
+    let (_, ec, _) = keys();
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ec]))
+        .clock(|| NOW)
+        .allow_missing_nonce()
+        .build()
+        .unwrap();
+    let signer = SignLayer::new(ec.clone()).without_nonce().clock(|| NOW);
+    let first = sign(&signer, post("x")).await.unwrap();
+    let second = sign(&signer, post("x")).await.unwrap();
+    assert_ne!(
+        first.headers()["signature"],
+        second.headers()["signature"],
+        "two signatures of one base"
+    );
+    assert_eq!(verify(&layer, first).await.0, 200);
+    let (status, reason, _) = verify(&layer, second).await;
+    assert_eq!((status, reason.as_str()), (401, "replayed"));
 }
 
 async fn reason_with(signer: SignLayer, layer: &VerifySignatureLayer) -> String {
@@ -479,9 +502,10 @@ async fn over_cap_bodies_fail_on_the_client_and_are_refused_by_the_server() {
 
 #[tokio::test]
 async fn the_replay_cache_failing_closed_answers_503() {
-    let (ed, ..) = keys();
+    // One entry in all: the second key finds the whole cache full (no reserve at this size).
+    let (ed, ec, _) = keys();
     let cache = MemoryReplayCache::new(1);
-    let layer = VerifySignatureLayer::builder(server_keys(&[&ed]))
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ed, &ec]))
         .replay_cache(cache)
         .clock(|| NOW)
         .build()
@@ -489,12 +513,36 @@ async fn the_replay_cache_failing_closed_answers_503() {
     let a = sign(&SignLayer::new(ed.clone()).clock(|| NOW), post("a"))
         .await
         .unwrap();
-    let b = sign(&SignLayer::new(ed.clone()).clock(|| NOW), post("b"))
+    let b = sign(&SignLayer::new(ec.clone()).clock(|| NOW), post("b"))
         .await
         .unwrap();
     assert_eq!(verify(&layer, a).await.0, 200);
     let (status, reason, _) = verify(&layer, b).await;
     assert_eq!((status, reason.as_str()), (503, "replay_cache_unavailable"));
+}
+
+#[tokio::test]
+async fn a_key_over_its_replay_share_gets_429_and_the_other_keys_do_not() {
+    let (ed, ec, _) = keys();
+    let cache = MemoryReplayCache::new(1_000).per_partition(2);
+    let layer = VerifySignatureLayer::builder(server_keys(&[&ed, &ec]))
+        .replay_cache(cache.clone())
+        .clock(|| NOW)
+        .build()
+        .unwrap();
+    let flooder = SignLayer::new(ed.clone()).clock(|| NOW);
+    for body in ["1", "2"] {
+        let req = sign(&flooder, post(body)).await.unwrap();
+        assert_eq!(verify(&layer, req).await.0, 200);
+    }
+    let third = sign(&flooder, post("3")).await.unwrap();
+    let (status, reason, _) = verify(&layer, third).await;
+    assert_eq!((status, reason.as_str()), (429, "replay_quota_exceeded"));
+    assert_eq!(cache.partition_len("sig:ed"), 2);
+    let other = sign(&SignLayer::new(ec.clone()).clock(|| NOW), post("4"))
+        .await
+        .unwrap();
+    assert_eq!(verify(&layer, other).await.0, 200);
 }
 
 #[tokio::test]

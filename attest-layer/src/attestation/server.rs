@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::DEFAULT_HEADER;
 use super::verifier::{AttestationError, AttestationVerifier};
 use crate::clock::{Clock, SystemClock};
-use crate::replay::{ReplayCache, ReplayFuture};
+use crate::replay::{ReplayCache, ReplayError, ReplayFuture};
 use crate::verify::REASON_HEADER;
 
 /// How a route treats attestation.
@@ -203,10 +203,10 @@ fn event(parts: &Parts, err: &AttestationError, mode: AttestationMode) {
 
 fn reject<ResBody: Default>(err: &AttestationError) -> Response<ResBody> {
     let mut res = Response::new(ResBody::default());
-    *res.status_mut() = if *err == AttestationError::ReplayCacheUnavailable {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::UNAUTHORIZED
+    *res.status_mut() = match err {
+        AttestationError::ReplayCacheUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        AttestationError::ReplayQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::UNAUTHORIZED,
     };
     res.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(err.as_str()));
@@ -274,7 +274,11 @@ where
                         .saturating_sub(self.config.clock.now_unix())
                         .max(1),
                 );
-                Some(cache.insert_once(format!("attest:{}:{jti}", device.app_id()), ttl))
+                Some(cache.insert_once(
+                    &format!("attest:{}", device.app_id()),
+                    format!("attest:{}:{jti}", device.app_id()),
+                    ttl,
+                ))
             }
             _ => None,
         };
@@ -346,6 +350,9 @@ where
                     let err = match result {
                         Ok(true) => None,
                         Ok(false) => Some(AttestationError::Replayed),
+                        Err(ReplayError::PartitionFull { .. }) => {
+                            Some(AttestationError::ReplayQuotaExceeded)
+                        }
                         Err(_) => Some(AttestationError::ReplayCacheUnavailable),
                     };
                     match err {

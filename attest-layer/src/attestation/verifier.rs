@@ -66,6 +66,9 @@ pub enum AttestationError {
     /// The replay cache failed (fail closed).
     #[error("replay cache unavailable")]
     ReplayCacheUnavailable,
+    /// This app's share of the replay cache is full: it alone is refused until entries expire.
+    #[error("replay cache share of this app is full")]
+    ReplayQuotaExceeded,
 }
 
 impl AttestationError {
@@ -84,6 +87,7 @@ impl AttestationError {
             Self::AppNotAllowed(_) => "attestation_app_not_allowed",
             Self::Replayed => "attestation_replayed",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
+            Self::ReplayQuotaExceeded => "replay_quota_exceeded",
         }
     }
 }

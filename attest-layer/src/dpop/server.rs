@@ -1,5 +1,6 @@
 use std::fmt;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -20,7 +21,7 @@ pub use portcullis_core::VerifiedDpop;
 
 use super::{access_token_hash, jwk_thumbprint, normalize_htu};
 use crate::clock::{Clock, SystemClock};
-use crate::replay::{MemoryReplayCache, ReplayCache, ReplayFuture};
+use crate::replay::{MemoryReplayCache, ReplayCache, ReplayError, ReplayFuture};
 use crate::verify::REASON_HEADER;
 
 /// The JWS algorithms a proof may use by default: ECDSA P-256 and P-384, and Ed25519.
@@ -142,6 +143,9 @@ pub enum DpopReason {
     AthMismatch,
     /// The replay cache failed (fail closed).
     ReplayCacheUnavailable,
+    /// This client's share of the replay cache is full (a flood of proofs from one peer):
+    /// it alone is refused with `429` until its entries expire.
+    ReplayQuotaExceeded,
     /// The server requires a nonce and the proof has none or a stale one.
     UseNonce,
 }
@@ -164,6 +168,7 @@ impl DpopReason {
             Self::Replayed => "dpop_replayed",
             Self::AthMismatch => "dpop_ath_mismatch",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
+            Self::ReplayQuotaExceeded => "replay_quota_exceeded",
             Self::UseNonce => "use_dpop_nonce",
         }
     }
@@ -589,6 +594,20 @@ fn check(config: &DpopServerConfig, parts: &Parts) -> Result<Checked, DpopReason
     ))
 }
 
+/// `peer:<ip>` for IPv4, `peer:<first 64 bits>::/64` for IPv6 (one host usually holds a /64).
+fn peer_partition(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("peer:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("peer:{v4}"),
+            None => {
+                let net = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("peer:{}/64", std::net::Ipv6Addr::from(net))
+            }
+        },
+    }
+}
+
 fn reject<ResBody: Default>(
     config: &DpopServerConfig,
     parts: &Parts,
@@ -608,11 +627,14 @@ fn reject<ResBody: Default>(
         "refused dpop proof"
     );
     let mut res = Response::new(ResBody::default());
-    let unavailable = reason == DpopReason::ReplayCacheUnavailable;
-    *res.status_mut() = if unavailable {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::UNAUTHORIZED
+    let unavailable = matches!(
+        reason,
+        DpopReason::ReplayCacheUnavailable | DpopReason::ReplayQuotaExceeded
+    );
+    *res.status_mut() = match reason {
+        DpopReason::ReplayCacheUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        DpopReason::ReplayQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::UNAUTHORIZED,
     };
     res.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
@@ -665,7 +687,13 @@ where
             Ok(Checked::Proof(proof, key, ttl)) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let fut = self.config.replay.insert_once(key, ttl);
+                // Proof keys cost nothing to mint, so the replay cache's room is shared per
+                // client address (IPv6 per /64), not per key; the key when no address is known.
+                let partition = match parts.extensions.get::<SocketAddr>() {
+                    Some(peer) => peer_partition(peer.ip()),
+                    None => format!("jkt:{}", proof.jkt()),
+                };
+                let fut = self.config.replay.insert_once(&partition, key, ttl);
                 parts.extensions.insert(proof);
                 VerifyDpopFuture {
                     state: DpopServerState::Replaying {
@@ -730,6 +758,9 @@ where
                     let reason = match result {
                         Ok(true) => None,
                         Ok(false) => Some(DpopReason::Replayed),
+                        Err(ReplayError::PartitionFull { .. }) => {
+                            Some(DpopReason::ReplayQuotaExceeded)
+                        }
                         Err(_) => Some(DpopReason::ReplayCacheUnavailable),
                     };
                     match reason {

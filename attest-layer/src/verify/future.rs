@@ -16,7 +16,7 @@ use super::reason::Reason;
 use super::service::{Checked, accepted, reject};
 use crate::body::{Collect, CollectError};
 use crate::error::BoxError;
-use crate::replay::ReplayFuture;
+use crate::replay::{ReplayError, ReplayFuture};
 
 pin_project! {
     /// Response future of [`VerifySignature`](super::VerifySignature).
@@ -128,9 +128,11 @@ where
                             });
                         }
                         Ok(body) => {
-                            let fut = config
-                                .replay
-                                .insert_once(checked.replay_key.clone(), checked.replay_ttl);
+                            let fut = config.replay.insert_once(
+                                &checked.replay_partition,
+                                checked.replay_key,
+                                checked.replay_ttl,
+                            );
                             let mut parts = parts;
                             parts.extensions.insert(checked.proof);
                             let req = Request::from_parts(parts, Full::new(body));
@@ -154,6 +156,7 @@ where
                     let reason = match result {
                         Ok(true) => None,
                         Ok(false) => Some(Reason::Replayed),
+                        Err(ReplayError::PartitionFull { .. }) => Some(Reason::ReplayQuotaExceeded),
                         Err(e) => {
                             tracing::error!(target: "portcullis::attest", { "event.kind" = "alert", "event.reason" = "replay_cache_unavailable", "error.message" = %e }, "replay cache failed; refusing");
                             Some(Reason::ReplayCacheUnavailable)

@@ -57,8 +57,10 @@ impl VerifySignatureLayer {
     /// Defaults: required components `@method`, `@authority`, `@path`, `@query`, and
     /// `content-digest` whenever the body is not empty; all three algorithms; `created`
     /// required, at most 300 s old and at most 5 s in the future; `expires` honoured;
-    /// `nonce` required and recorded in a 100 000-entry in-memory replay cache; body cap
-    /// 1 MiB; scheme `https` when the request target has none.
+    /// `nonce` required and recorded in a 100 000-entry in-memory replay cache partitioned by
+    /// key id (3 125 live nonces per key; a key over its share gets `429`
+    /// `replay_quota_exceeded`, other keys are unaffected); body cap 1 MiB; scheme `https`
+    /// when the request target has none.
     pub fn builder(resolver: impl KeyResolver) -> VerifySignatureLayerBuilder {
         VerifySignatureLayerBuilder {
             resolver: Arc::new(resolver),
@@ -120,6 +122,9 @@ impl fmt::Debug for VerifySignatureLayerBuilder {
 impl VerifySignatureLayerBuilder {
     /// Records nonces in `cache` (for example a [`RedisReplayCache`](crate::replay)
     /// shared by all replicas) instead of a private in-memory cache.
+    ///
+    /// Entries are counted against the partition `sig:{keyid}`: size the cache's
+    /// per-partition share for the busiest key (requests per second × `max_age + skew`).
     #[must_use]
     pub fn replay_cache(mut self, cache: impl ReplayCache) -> Self {
         self.replay = Some(Arc::new(cache));
@@ -165,8 +170,11 @@ impl VerifySignatureLayerBuilder {
         self
     }
 
-    /// Accepts signatures without a `nonce`; replays are then detected by the signature
-    /// value alone.
+    /// Accepts signatures without a `nonce`; replays are then detected by a SHA-256 of the
+    /// signature base (algorithm, key id, every covered component and parameter), never by
+    /// the signature bytes, so a re-encoded or malleated signature of the same message (the
+    /// ECDSA `(r, n - s)` twin) is still a replay. Two identical requests signed within the
+    /// same second are indistinguishable from a replay: the second is refused.
     #[must_use]
     pub fn allow_missing_nonce(mut self) -> Self {
         self.require_nonce = false;

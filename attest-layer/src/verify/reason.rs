@@ -56,6 +56,9 @@ pub enum Reason {
     Replayed,
     /// The replay cache could not answer (fail closed).
     ReplayCacheUnavailable,
+    /// The key holds its share of the replay cache (fresh nonces faster than they expire):
+    /// this key is refused until some expire, other keys are unaffected.
+    ReplayQuotaExceeded,
 }
 
 impl Reason {
@@ -84,6 +87,7 @@ impl Reason {
             Self::BodyError => "body_error",
             Self::Replayed => "replayed",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
+            Self::ReplayQuotaExceeded => "replay_quota_exceeded",
         }
     }
 
@@ -93,6 +97,7 @@ impl Reason {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyError => StatusCode::BAD_REQUEST,
             Self::ReplayCacheUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ReplayQuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -189,6 +194,13 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(Reason::InvalidSignature.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            (
+                Reason::ReplayQuotaExceeded.as_str(),
+                Reason::ReplayQuotaExceeded.status()
+            ),
+            ("replay_quota_exceeded", StatusCode::TOO_MANY_REQUESTS)
+        );
         assert!(
             Reason::MalformedSignatureInput
                 .as_str()

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use aws_lc_rs::digest;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use crate::body::Collect;
 use crate::components::RequestParts;
 use crate::digest::ExpectedDigest;
 use crate::error::BoxError;
+use crate::key::Algorithm;
 use crate::params::{parse_signature, parse_signature_input};
 
 /// Verifies each request's signature before calling the inner service. See
@@ -59,6 +61,7 @@ impl<S> VerifySignature<S> {
 pub(crate) struct Checked {
     pub(crate) proof: VerifiedSignature,
     pub(crate) digest: Option<ExpectedDigest>,
+    pub(crate) replay_partition: String,
     pub(crate) replay_key: String,
     pub(crate) replay_ttl: Duration,
 }
@@ -149,6 +152,13 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
         return Err(Reason::WrongTag);
     }
 
+    // The key's share of the replay cache is checked before the signature and the body cost
+    // anything; only verified requests fill it, so nobody else can exhaust a key's share.
+    let replay_partition = format!("sig:{keyid}");
+    if config.replay.is_partition_full(&replay_partition) {
+        return Err(Reason::ReplayQuotaExceeded);
+    }
+
     let view = RequestParts::new(
         &parts.method,
         &parts.uri,
@@ -184,10 +194,7 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
         None => window,
     }
     .max(Duration::from_secs(1));
-    let replay_key = match nonce {
-        Some(n) => format!("sig:{keyid}:n:{n}"),
-        None => format!("sig:{keyid}:s:{}", URL_SAFE_NO_PAD.encode(signature)),
-    };
+    let replay_key = replay_key(key.algorithm(), keyid, nonce, base.as_bytes());
     Ok(Checked {
         proof: VerifiedSignature {
             label,
@@ -199,9 +206,35 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
             tag: tag.map(str::to_owned),
         },
         digest,
+        replay_partition,
         replay_key,
         replay_ttl,
     })
+}
+
+/// The replay cache key: SHA-256 over the algorithm, the key id and the nonce, or the whole
+/// signature base when there is no nonce. Never the signature bytes: a signature is not
+/// unique to its message (ECDSA's `(r, n - s)` verifies too, and randomised signers give a
+/// new one each time), while the signed message is what must not be accepted twice.
+fn replay_key(alg: Algorithm, keyid: &str, nonce: Option<&str>, base: &[u8]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    let mut field = |bytes: &[u8]| {
+        ctx.update(&(bytes.len() as u64).to_be_bytes());
+        ctx.update(bytes);
+    };
+    field(alg.as_str().as_bytes());
+    field(keyid.as_bytes());
+    match nonce {
+        Some(n) => {
+            field(b"nonce");
+            field(n.as_bytes());
+        }
+        None => {
+            field(b"base");
+            field(base);
+        }
+    }
+    format!("sig:{}", URL_SAFE_NO_PAD.encode(ctx.finish()))
 }
 
 /// The refusal response: status, stable reason, `Accept-Signature`, and a security event.
