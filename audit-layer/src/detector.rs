@@ -235,6 +235,7 @@ pub struct DetectorConfig {
     thresholds: [Option<Threshold>; 7],
     max_subjects: usize,
     max_known_addresses: usize,
+    ipv6_prefix: u8,
 }
 
 impl Default for DetectorConfig {
@@ -252,6 +253,7 @@ impl Default for DetectorConfig {
             ],
             max_subjects: 10_000,
             max_known_addresses: 8,
+            ipv6_prefix: portcullis_core::DEFAULT_IPV6_PREFIX,
         }
     }
 }
@@ -283,6 +285,14 @@ impl DetectorConfig {
     /// forgotten first. This bounds memory under a flood of identities.
     pub fn max_subjects(mut self, max: usize) -> Self {
         self.max_subjects = max;
+        self
+    }
+
+    /// The IPv6 prefix length a client is tracked (and penalized) by (default 64): one host
+    /// usually holds a whole /64. Give [`PenaltyBox::ipv6_prefix`](crate::PenaltyBox::ipv6_prefix)
+    /// the same value.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits.min(128);
         self
     }
 
@@ -446,7 +456,10 @@ impl Detector {
             _ => {}
         }
         let user = parts.user;
-        let client = parts.client;
+        // Clients are tracked by network (an IPv6 /64 by default), not by address.
+        let prefix = self.config.ipv6_prefix;
+        let client = parts.client.map(|c| portcullis_core::peer_key(c, prefix));
+        let client = client.as_deref();
         let peer = client.or(parts.server);
         let any_signal = signals.iter().any(|s| *s);
         let track_address = user.is_some()
@@ -638,6 +651,45 @@ mod tests {
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].kind(), AnomalyKind::SignatureFailures);
         assert_eq!(fired[0].subject(), &Subject::Identity("key-1".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ipv6_client_rotating_addresses_in_its_64_is_one_peer_and_one_penalty() {
+        let d = detector(DetectorConfig::new().threshold(
+            AnomalyKind::UnauthorizedBurst,
+            Threshold::new(3, Duration::from_secs(60)),
+        ));
+        let from = |addr: &str| {
+            SecurityEvent::new("portcullis::audit")
+                .with(field::HTTP_RESPONSE_STATUS_CODE, 401u16)
+                .with(field::CLIENT_ADDRESS, addr.to_owned())
+        };
+        assert!(d.observe(&from("2001:db8:5:6::1")).is_empty());
+        assert!(d.observe(&from("2001:db8:5:6::2")).is_empty());
+        let fired = d.observe(&from("2001:db8:5:6:ffff::3"));
+        assert_eq!(fired.len(), 1, "three addresses of one /64 are one peer");
+        assert_eq!(
+            fired[0].subject(),
+            &Subject::Peer("2001:db8:5:6::/64".into())
+        );
+
+        let penalties = crate::PenaltyBox::block_for(Duration::from_secs(60));
+        penalties.penalize(fired[0].subject().clone());
+        assert_ne!(
+            penalties.check(None, Some("2001:db8:5:6::9999")),
+            crate::Verdict::Allow,
+            "the next address of the same /64 is still penalized"
+        );
+        assert_eq!(
+            penalties.check(None, Some("2001:db8:5:7::1")),
+            crate::Verdict::Allow
+        );
+        let per_address = crate::PenaltyBox::block_for(Duration::from_secs(60)).ipv6_prefix(128);
+        per_address.penalize(Subject::Peer("2001:db8:5:6::1".into()));
+        assert_eq!(
+            per_address.check(None, Some("2001:db8:5:6::2")),
+            crate::Verdict::Allow
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -88,6 +88,7 @@ struct Entry {
 struct Inner {
     penalty: Penalty,
     kinds: Vec<AnomalyKind>,
+    ipv6_prefix: u8,
     entries: Mutex<LruCache<Subject, Entry>>,
 }
 
@@ -111,6 +112,9 @@ struct Inner {
 /// assert_eq!(penalties.check(Some("alice"), None), Verdict::Allow);
 /// # }
 /// ```
+///
+/// Peers are held by network: an IPv6 address by its /64 ([`PenaltyBox::ipv6_prefix`]), so a
+/// penalized host cannot step to the next address of its prefix.
 #[derive(Clone)]
 pub struct PenaltyBox {
     inner: Arc<Inner>,
@@ -143,11 +147,16 @@ impl PenaltyBox {
     }
 
     fn with_capacity(penalty: Penalty, kinds: Vec<AnomalyKind>, max: usize) -> Self {
+        Self::with_settings(penalty, kinds, max, portcullis_core::DEFAULT_IPV6_PREFIX)
+    }
+
+    fn with_settings(penalty: Penalty, kinds: Vec<AnomalyKind>, max: usize, prefix: u8) -> Self {
         let cap = NonZeroUsize::new(max).unwrap_or(NonZeroUsize::MIN);
         PenaltyBox {
             inner: Arc::new(Inner {
                 penalty,
                 kinds,
+                ipv6_prefix: prefix.min(128),
                 entries: Mutex::new(LruCache::new(cap)),
             }),
         }
@@ -156,12 +165,26 @@ impl PenaltyBox {
     /// Only these kinds of anomaly penalize (all of them by default).
     pub fn on_kinds(self, kinds: &[AnomalyKind]) -> Self {
         let max = self.capacity();
-        Self::with_capacity(self.inner.penalty, kinds.to_vec(), max)
+        Self::with_settings(
+            self.inner.penalty,
+            kinds.to_vec(),
+            max,
+            self.inner.ipv6_prefix,
+        )
     }
 
     /// Holds at most `max` penalized subjects (at least 1).
     pub fn max_entries(self, max: usize) -> Self {
-        Self::with_capacity(self.inner.penalty, self.inner.kinds.clone(), max)
+        let kinds = self.inner.kinds.clone();
+        Self::with_settings(self.inner.penalty, kinds, max, self.inner.ipv6_prefix)
+    }
+
+    /// Looks a client up by its IPv6 network of `bits` bits (default 64, as the detector's
+    /// [`DetectorConfig::ipv6_prefix`](crate::DetectorConfig::ipv6_prefix), which names the
+    /// penalized peers): one penalized address blocks its whole /64.
+    pub fn ipv6_prefix(self, bits: u8) -> Self {
+        let kinds = self.inner.kinds.clone();
+        Self::with_settings(self.inner.penalty, kinds, self.capacity(), bits)
     }
 
     /// The penalty applied.
@@ -171,6 +194,12 @@ impl PenaltyBox {
 
     /// Penalizes `subject` from now on, for the penalty's period.
     pub fn penalize(&self, subject: Subject) {
+        let subject = match subject {
+            Subject::Peer(p) => {
+                Subject::Peer(portcullis_core::peer_key(&p, self.inner.ipv6_prefix).into_owned())
+            }
+            other => other,
+        };
         let now = Instant::now();
         let until = now + self.inner.penalty.period();
         if let Ok(mut entries) = self.inner.entries.lock() {
@@ -207,7 +236,9 @@ impl PenaltyBox {
         let mut verdict = Verdict::Allow;
         let subjects = [
             identity.map(|i| Subject::Identity(i.to_owned())),
-            peer.map(|p| Subject::Peer(p.to_owned())),
+            peer.map(|p| {
+                Subject::Peer(portcullis_core::peer_key(p, self.inner.ipv6_prefix).into_owned())
+            }),
         ];
         for subject in subjects.into_iter().flatten() {
             let Some(entry) = entries.get_mut(&subject) else {

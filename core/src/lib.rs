@@ -27,6 +27,8 @@
 //! assert_eq!(proof.jkt(), "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I");
 //! ```
 
+mod addr;
 mod proof;
 
+pub use self::addr::{DEFAULT_IPV6_PREFIX, client_network, peer_key};
 pub use self::proof::VerifiedDpop;

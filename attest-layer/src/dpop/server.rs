@@ -1,6 +1,6 @@
 use std::fmt;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -18,6 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 pub use portcullis_core::VerifiedDpop;
+use portcullis_core::{DEFAULT_IPV6_PREFIX, client_network};
 
 use super::{access_token_hash, jwk_thumbprint, normalize_htu};
 use crate::clock::{Clock, SystemClock};
@@ -251,6 +252,7 @@ struct DpopServerConfig {
     /// `DPoP error="invalid_dpop_proof", algs="..."`, built once.
     challenge: HeaderValue,
     optional: bool,
+    ipv6_prefix: u8,
     nonces: Option<Arc<dyn NonceSource>>,
 }
 
@@ -281,6 +283,7 @@ pub struct VerifyDpopLayerBuilder {
     origins: Vec<String>,
     algorithms: Vec<JwtAlg>,
     optional: bool,
+    ipv6_prefix: u8,
     nonces: Option<Arc<dyn NonceSource>>,
 }
 
@@ -306,6 +309,7 @@ impl VerifyDpopLayer {
             origins: Vec::new(),
             algorithms: DEFAULT_ALGS.to_vec(),
             optional: false,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
             nonces: None,
         }
     }
@@ -367,6 +371,14 @@ impl VerifyDpopLayerBuilder {
         self
     }
 
+    /// The IPv6 prefix length clients share one replay-cache share by (default 64): the
+    /// cache's room is partitioned per client network, since proof keys cost nothing to mint.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits.min(128);
+        self
+    }
+
     /// Requires a server nonce in every proof; a missing or stale one is answered with
     /// `401`, `WWW-Authenticate: DPoP error="use_dpop_nonce"` and a fresh `DPoP-Nonce`.
     #[must_use]
@@ -417,6 +429,7 @@ impl VerifyDpopLayerBuilder {
                 algorithms: self.algorithms,
                 challenge,
                 optional: self.optional,
+                ipv6_prefix: self.ipv6_prefix,
                 nonces: self.nonces,
             }),
         })
@@ -594,20 +607,6 @@ fn check(config: &DpopServerConfig, parts: &Parts) -> Result<Checked, DpopReason
     ))
 }
 
-/// `peer:<ip>` for IPv4, `peer:<first 64 bits>::/64` for IPv6 (one host usually holds a /64).
-fn peer_partition(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => format!("peer:{v4}"),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => format!("peer:{v4}"),
-            None => {
-                let net = u128::from(v6) & !((1u128 << 64) - 1);
-                format!("peer:{}/64", std::net::Ipv6Addr::from(net))
-            }
-        },
-    }
-}
-
 fn reject<ResBody: Default>(
     config: &DpopServerConfig,
     parts: &Parts,
@@ -688,9 +687,13 @@ where
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 // Proof keys cost nothing to mint, so the replay cache's room is shared per
-                // client address (IPv6 per /64), not per key; the key when no address is known.
+                // client network (IPv6 per /64 by default), not per key; per key when no
+                // address is known.
                 let partition = match parts.extensions.get::<SocketAddr>() {
-                    Some(peer) => peer_partition(peer.ip()),
+                    Some(peer) => format!(
+                        "peer:{}",
+                        client_network(peer.ip(), self.config.ipv6_prefix)
+                    ),
                     None => format!("jkt:{}", proof.jkt()),
                 };
                 let fut = self.config.replay.insert_once(&partition, key, ttl);

@@ -182,16 +182,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 type Lookup = Arc<dyn Fn(&Extensions) -> Option<IpAddr> + Send + Sync>;
 
-/// Keys requests by the client's IP address: the connection's peer, or, only when that peer
-/// is a configured trusted proxy, the nearest untrusted address in `X-Forwarded-For`.
+/// Keys requests by the client's network: the connection's peer, or, only when that peer
+/// is a configured trusted proxy, the nearest untrusted address in `X-Forwarded-For`; IPv6
+/// addresses are keyed by their /64 (see [`PeerIp::ipv6_prefix`]).
 ///
 /// # Security
 /// `X-Forwarded-For` is written by whoever sends the request; from any peer that is not a
-/// trusted proxy it is ignored, so a client cannot pick its own bucket.
-#[derive(Clone, Default)]
+/// trusted proxy it is ignored, so a client cannot pick its own bucket. One IPv6 host usually
+/// holds a whole /64: keyed per address it could rotate through 2⁶⁴ buckets.
+#[derive(Clone)]
 pub struct PeerIp {
     trusted: Arc<[IpNet]>,
     lookups: Arc<[Lookup]>,
+    ipv6_prefix: u8,
+}
+
+impl Default for PeerIp {
+    fn default() -> Self {
+        Self {
+            trusted: Arc::new([]),
+            lookups: Arc::new([]),
+            ipv6_prefix: portcullis_core::DEFAULT_IPV6_PREFIX,
+        }
+    }
 }
 
 impl fmt::Debug for PeerIp {
@@ -199,6 +212,7 @@ impl fmt::Debug for PeerIp {
         f.debug_struct("PeerIp")
             .field("trusted", &self.trusted)
             .field("lookups", &self.lookups.len())
+            .field("ipv6_prefix", &self.ipv6_prefix)
             .finish()
     }
 }
@@ -207,6 +221,12 @@ impl PeerIp {
     /// The peer address only; forwarded headers are ignored.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Keys IPv6 clients by their first `bits` bits (default 64; 128 keys each address).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits.min(128);
+        self
     }
 
     /// Trusts `X-Forwarded-For` from these proxy networks.
@@ -292,6 +312,7 @@ impl KeyExtractor for PeerIp {
 
     fn extract(&self, req: &RequestHead<'_>) -> Option<IpAddr> {
         self.client_ip(req)
+            .map(|ip| portcullis_core::client_network(ip, self.ipv6_prefix))
     }
 }
 
@@ -370,6 +391,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_network() {
+        let a = head_with("[2001:db8:1:2::1]", &[]);
+        let b = head_with("[2001:db8:1:2:ffff:ffff:ffff:fffe]", &[]);
+        let other = head_with("[2001:db8:1:3::1]", &[]);
+        let x = PeerIp::new();
+        let key = |r: &Request<()>| x.extract(&RequestHead::of(r));
+        assert_eq!(key(&a), Some(ip("2001:db8:1:2::")));
+        assert_eq!(key(&a), key(&b), "one /64, one bucket");
+        assert_ne!(key(&a), key(&other));
+        let per_address = PeerIp::new().ipv6_prefix(128);
+        assert_ne!(
+            per_address.extract(&RequestHead::of(&a)),
+            per_address.extract(&RequestHead::of(&b))
+        );
+        let mapped = head_with("[::ffff:203.0.113.9]", &[]);
+        assert_eq!(key(&mapped), Some(ip("203.0.113.9")));
     }
 
     #[test]
