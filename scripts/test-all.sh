@@ -17,6 +17,11 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Independent implementations the adversarial suite tests against (Python's RFC 9421 signer).
+python3 -c 'import http_message_signatures, requests, cryptography' 2>/dev/null ||
+  python3 -m pip install -q --disable-pip-version-check \
+    'http-message-signatures==3.0.0' requests cryptography
+
 # Tests start their own redis-server on a free loopback port (testkit::redis); they find the
 # binary here.
 export PORTCULLIS_REDIS_SERVER="${PORTCULLIS_REDIS_SERVER:-$(command -v redis-server)}"

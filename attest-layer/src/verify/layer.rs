@@ -27,6 +27,8 @@ pub(crate) struct VerifyConfig {
     pub(crate) max_body: usize,
     pub(crate) default_scheme: String,
     pub(crate) accept_signature: Option<String>,
+    /// What a signature must have, in words, for challenges.
+    pub(crate) requirements: String,
 }
 
 impl fmt::Debug for VerifyConfig {
@@ -54,7 +56,8 @@ pub struct VerifySignatureLayer {
 impl VerifySignatureLayer {
     /// A builder with secure defaults, resolving keys with `resolver`.
     ///
-    /// Defaults: required components `@method`, `@authority`, `@path`, `@query`, and
+    /// Defaults: required components `@method`, `@authority`, `@path`, `@query` (a covered
+    /// `@target-uri` covers the last three, `@request-target` the last two), and
     /// `content-digest` whenever the body is not empty; all three algorithms; `created`
     /// required, at most 300 s old and at most 5 s in the future; `expires` honoured;
     /// `nonce` required and recorded in a 100 000-entry in-memory replay cache partitioned by
@@ -249,6 +252,13 @@ impl VerifySignatureLayerBuilder {
             self.require_nonce,
             self.tag.as_deref(),
         );
+        let requirements = requirements(
+            self.label.as_deref(),
+            &required,
+            self.require_nonce,
+            self.tag.as_deref(),
+            &self.algorithms,
+        );
         Ok(VerifySignatureLayer {
             config: Arc::new(VerifyConfig {
                 resolver: self.resolver,
@@ -267,7 +277,44 @@ impl VerifySignatureLayerBuilder {
                 max_body: self.max_body,
                 default_scheme: self.default_scheme,
                 accept_signature,
+                requirements,
             }),
         })
     }
+}
+
+/// The requirements of a policy in words (no quotes: it goes inside a quoted challenge
+/// parameter), e.g. `covering @method @authority @path @query (@target-uri covers
+/// @authority @path @query), created, nonce; alg ed25519 ecdsa-p256-sha256 hmac-sha256`.
+fn requirements(
+    label: Option<&str>,
+    required: &[Component],
+    nonce: bool,
+    tag: Option<&str>,
+    algorithms: &[Algorithm],
+) -> String {
+    let names: Vec<&str> = required.iter().map(Component::name).collect();
+    let mut out = match label {
+        Some(label) => format!("label {label} covering {}", names.join(" ")),
+        None => format!("covering {}", names.join(" ")),
+    };
+    if names
+        .iter()
+        .any(|n| matches!(*n, "@authority" | "@path" | "@query"))
+    {
+        out.push_str(" (@target-uri covers @authority @path @query)");
+    }
+    out.push_str(", content-digest when there is a body, created");
+    if nonce {
+        out.push_str(", nonce");
+    }
+    if let Some(tag) = tag {
+        out.push_str(", tag ");
+        out.push_str(tag);
+    }
+    let algs: Vec<&str> = algorithms.iter().map(|a| a.as_str()).collect();
+    out.push_str("; alg ");
+    out.push_str(&algs.join(" "));
+    out.retain(|c| c != '"' && c != '\\');
+    out
 }

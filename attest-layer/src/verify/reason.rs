@@ -91,6 +91,35 @@ impl Reason {
         }
     }
 
+    /// What went wrong, in words, for the `error_description` of a challenge.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::MissingSignature => "no Signature-Input and Signature with the expected label",
+            Self::MalformedSignatureInput => "Signature-Input is not a valid structured field",
+            Self::MalformedSignature => "Signature is not valid or has no member for the label",
+            Self::MissingKeyid => "the signature has no keyid parameter",
+            Self::UnknownKey => "no key is known under this keyid",
+            Self::AlgorithmMismatch => "the alg parameter is not the key's algorithm",
+            Self::AlgorithmNotAccepted => "the key's algorithm is not accepted",
+            Self::MissingComponent => "the signature does not cover every required component",
+            Self::MissingCreated => "the signature has no created parameter",
+            Self::CreatedInFuture => "created is in the future",
+            Self::TooOld => "created is too old",
+            Self::Expired => "expires has passed",
+            Self::MissingNonce => "the signature has no nonce parameter",
+            Self::WrongTag => "the tag parameter is not the required one",
+            Self::InvalidSignature => "the signature does not verify",
+            Self::MissingContentDigest => "the body is not covered by content-digest",
+            Self::MalformedContentDigest => "Content-Digest is not valid",
+            Self::DigestMismatch => "the body does not match Content-Digest",
+            Self::BodyTooLarge => "the body is larger than allowed",
+            Self::BodyError => "the body could not be read",
+            Self::Replayed => "this signature was already used",
+            Self::ReplayCacheUnavailable => "the replay cache is unavailable",
+            Self::ReplayQuotaExceeded => "this key sends fresh signatures faster than they expire",
+        }
+    }
+
     /// The HTTP status the server answers with.
     pub fn status(self) -> StatusCode {
         match self {

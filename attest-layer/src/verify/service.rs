@@ -111,11 +111,7 @@ pub(crate) fn check(config: &VerifyConfig, parts: &Parts) -> Result<Checked, Rea
         return Err(Reason::AlgorithmNotAccepted);
     }
     for req in &config.required {
-        if !params
-            .components()
-            .iter()
-            .any(|c| c.identifier() == req.identifier())
-        {
+        if !params.components().iter().any(|c| covers(c, req)) {
             return Err(Reason::MissingComponent);
         }
     }
@@ -237,7 +233,25 @@ fn replay_key(alg: Algorithm, keyid: &str, nonce: Option<&str>, base: &[u8]) -> 
     format!("sig:{}", URL_SAFE_NO_PAD.encode(ctx.finish()))
 }
 
-/// The refusal response: status, stable reason, `Accept-Signature`, and a security event.
+/// Whether the signed component `signed` covers what the policy's `required` one does
+/// (RFC 9421 §2.2): `@target-uri` is the whole target URI (scheme, authority, path and
+/// query); `@request-target` is the request target (path and query in origin form).
+pub(crate) fn covers(
+    signed: &crate::components::Component,
+    required: &crate::components::Component,
+) -> bool {
+    if signed.identifier() == required.identifier() {
+        return true;
+    }
+    matches!(
+        (signed.name(), required.name()),
+        ("@target-uri", "@scheme" | "@authority" | "@path" | "@query")
+            | ("@request-target", "@path" | "@query")
+    )
+}
+
+/// The refusal response: status, stable reason, `WWW-Authenticate` and `Accept-Signature`
+/// saying what a signature must have, and a security event.
 pub(crate) fn reject<ResBody: Default>(
     config: &VerifyConfig,
     parts: &Parts,
@@ -263,13 +277,25 @@ pub(crate) fn reject<ResBody: Default>(
     *res.status_mut() = reason.status();
     res.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
-    if reason.status() == http::StatusCode::UNAUTHORIZED
-        && let Some(v) = config
+    if reason.status() == http::StatusCode::UNAUTHORIZED {
+        // RFC 9110 §11.6.1: every 401 carries a challenge; it names the reason and what is
+        // required, in words and, in Accept-Signature, as RFC 9421 §5.1 parameters.
+        let challenge = format!(
+            "Signature realm=\"api\", error=\"{}\", error_description=\"{}; required: {}\"",
+            reason.as_str(),
+            reason.description(),
+            config.requirements
+        );
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            res.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
+        if let Some(v) = config
             .accept_signature
             .as_deref()
             .and_then(|s| HeaderValue::from_str(s).ok())
-    {
-        res.headers_mut().insert("accept-signature", v);
+        {
+            res.headers_mut().insert("accept-signature", v);
+        }
     }
     res.extensions_mut().insert(Rejection::new(reason));
     res
@@ -319,5 +345,31 @@ where
                 ResponseFuture::reading(collect, parts, checked, inner, self.config.clone())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod coverage_tests {
+    use super::covers;
+    use crate::components::Component;
+
+    fn c(name: &str) -> Component {
+        Component::new(name).unwrap()
+    }
+
+    #[test]
+    fn target_uri_covers_authority_path_and_query_request_target_only_path_and_query() {
+        for required in ["@authority", "@path", "@query", "@scheme"] {
+            assert!(covers(&c("@target-uri"), &c(required)), "{required}");
+        }
+        assert!(covers(&c("@request-target"), &c("@path")));
+        assert!(covers(&c("@request-target"), &c("@query")));
+        assert!(
+            !covers(&c("@request-target"), &c("@authority")),
+            "the request target in origin form has no authority"
+        );
+        assert!(!covers(&c("@target-uri"), &c("@method")));
+        assert!(!covers(&c("@path"), &c("@target-uri")), "not the other way round");
+        assert!(!covers(&c("host"), &c("@authority")));
     }
 }

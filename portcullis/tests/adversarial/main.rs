@@ -8,4 +8,5 @@ mod ecdsa_malleability;
 mod pin_idna;
 mod pin_session_tickets;
 mod replay_capacity;
+mod rfc9421_interop;
 mod serve_tls_bounds;
