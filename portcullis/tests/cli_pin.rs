@@ -233,7 +233,7 @@ async fn probe_reports_chain_and_exit_codes() {
     .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("UnknownIssuer"),
+        text(&out.stderr).contains("unknown issuer") && text(&out.stderr).contains("--ca-file"),
         "{}",
         text(&out.stderr)
     );

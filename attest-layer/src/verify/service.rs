@@ -369,7 +369,10 @@ mod coverage_tests {
             "the request target in origin form has no authority"
         );
         assert!(!covers(&c("@target-uri"), &c("@method")));
-        assert!(!covers(&c("@path"), &c("@target-uri")), "not the other way round");
+        assert!(
+            !covers(&c("@path"), &c("@target-uri")),
+            "not the other way round"
+        );
         assert!(!covers(&c("host"), &c("@authority")));
     }
 }

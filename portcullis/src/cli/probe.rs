@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use portcullis_pin::{PinEntry, PinPolicy, PinnedTls, Position};
 
@@ -35,6 +36,12 @@ pub(crate) struct ProbeArgs {
     /// Connect to this address while validating for the URL's host.
     #[arg(long, value_name = "ADDR:PORT")]
     connect_to: Option<SocketAddr>,
+    /// Give up when the TCP connection and TLS handshake take longer (seconds, decimals allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = super::parse_seconds)]
+    connect_timeout: Duration,
+    /// Give up when the whole probe takes longer (seconds, decimals allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = super::parse_seconds)]
+    max_time: Duration,
 }
 
 pub(crate) fn run(args: ProbeArgs) -> ExitCode {
@@ -70,15 +77,34 @@ pub(crate) fn run(args: ProbeArgs) -> ExitCode {
     if let Some(addr) = args.connect_to {
         connector = connector.connect_to(addr);
     }
-    match runtime.block_on(connector.connect(uri)) {
+    let limit = args.connect_timeout.min(args.max_time);
+    let connected =
+        runtime.block_on(async { tokio::time::timeout(limit, connector.connect(uri)).await });
+    let Ok(connected) = connected else {
+        let which = if args.connect_timeout <= args.max_time {
+            "--connect-timeout"
+        } else {
+            "--max-time"
+        };
+        eprintln!(
+            "portcullis probe: connection to {host} timed out after {} ({which}): no TLS handshake \
+             completed",
+            super::seconds(limit)
+        );
+        return ExitCode::from(EXIT_TLS);
+    };
+    match connected {
         Ok(stream) => {
             let conn = stream.tls_connection();
             println!(
-                "connected to {host}: {:?}, {:?}, key exchange {:?}",
-                conn.protocol_version()
-                    .unwrap_or(rustls::ProtocolVersion::Unknown(0)),
-                conn.negotiated_cipher_suite().map(|s| s.suite()),
-                conn.negotiated_key_exchange_group().map(|g| g.name()),
+                "connected to {host}: {}, {}, key exchange {}",
+                super::tls_version(conn.protocol_version()),
+                conn.negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or("unknown cipher suite"),
+                conn.negotiated_key_exchange_group()
+                    .and_then(|g| g.name().as_str())
+                    .unwrap_or("none"),
             );
             let check = stream.peer().check();
             println!("verified chain:");
@@ -127,7 +153,7 @@ pub(crate) fn run(args: ProbeArgs) -> ExitCode {
                 eprintln!("portcullis probe: pin mismatch for {host}");
                 ExitCode::from(EXIT_PIN_MISMATCH)
             } else {
-                eprintln!("portcullis probe: {err}");
+                eprintln!("portcullis probe: {}", super::explain_connect_error(&err));
                 ExitCode::from(EXIT_TLS)
             }
         }
