@@ -62,5 +62,11 @@ pub use portcullis_pin as pin;
 pub use portcullis_retry as retry;
 pub use portcullis_token as token;
 
+// Foreign types that appear in public signatures, so that no user adds a crate only to name
+// ours (and gets the same version).
+pub use rustls;
+pub use rustls_pki_types as pki_types;
+pub use secrecy;
+
 pub mod client;
 pub mod server;

@@ -412,6 +412,55 @@ impl RotatingCert {
         }))
     }
 
+    /// Serves the chain in `chain_pem` (leaf first, as web servers expect) with the private
+    /// key in `key_pem` (PKCS#8, PKCS#1 or SEC1 PEM).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # testkit::install_default_provider();
+    /// # let pki = testkit::pki::TestPki::new();
+    /// # let dir = std::env::temp_dir().join(format!("portcullis-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # std::fs::write(dir.join("chain.pem"), pki.leaf.cert_pem() + &pki.intermediate.cert_pem())?;
+    /// # std::fs::write(dir.join("key.pem"), pki.leaf.key_pem())?;
+    /// use portcullis::server::RotatingCert;
+    ///
+    /// let cert = RotatingCert::from_pem_files(dir.join("chain.pem"), dir.join("key.pem"))?;
+    /// let config = std::sync::Arc::new(cert.server_config()); // for serve_tls
+    /// # let _ = config;
+    /// // A missing file says which one and what was expected:
+    /// let err = RotatingCert::from_pem_files(dir.join("nope.pem"), dir.join("key.pem")).unwrap_err();
+    /// assert!(err.to_string().starts_with("cannot read certificate chain"));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`PemLoadError`] naming the file and what was wrong: unreadable, no certificate or no
+    /// private key in it, or a key that does not match the leaf certificate.
+    pub fn from_pem_files(
+        chain_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+    ) -> Result<Arc<Self>, PemLoadError> {
+        let (chain, key) = load_pem_pair(chain_pem.as_ref(), key_pem.as_ref())?;
+        Self::new(chain, key).map_err(PemLoadError::Mismatch)
+    }
+
+    /// [`RotatingCert::rotate`] from PEM files, as [`RotatingCert::from_pem_files`] reads
+    /// them; on any error the current pair stays in place.
+    ///
+    /// # Errors
+    /// As [`RotatingCert::from_pem_files`].
+    pub fn rotate_from_pem_files(
+        &self,
+        chain_pem: impl AsRef<std::path::Path>,
+        key_pem: impl AsRef<std::path::Path>,
+    ) -> Result<(), PemLoadError> {
+        let (chain, key) = load_pem_pair(chain_pem.as_ref(), key_pem.as_ref())?;
+        self.rotate(chain, key).map_err(PemLoadError::Mismatch)
+    }
+
     /// Replaces the chain and key for new handshakes. The old pair stays in place when the
     /// new one is invalid.
     ///
@@ -450,6 +499,70 @@ impl RotatingCert {
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config
+    }
+}
+
+/// Why [`RotatingCert::from_pem_files`] could not load a certificate chain and key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemLoadError {
+    /// The certificate chain file could not be read or holds no PEM certificate.
+    #[error(
+        "cannot read certificate chain {path}: {detail} (expected PEM `CERTIFICATE` blocks, leaf first)"
+    )]
+    Chain {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The key file could not be read or holds no PEM private key.
+    #[error(
+        "cannot read private key {path}: {detail} (expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)"
+    )]
+    Key {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The key is not usable or does not match the leaf certificate.
+    #[error("certificate and key do not make a usable pair: {0}")]
+    Mismatch(#[source] rustls::Error),
+}
+
+fn load_pem_pair(
+    chain_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PemLoadError> {
+    use rustls_pki_types::pem::PemObject;
+    let chain_err = |detail: String| PemLoadError::Chain {
+        path: chain_path.to_owned(),
+        detail,
+    };
+    let chain = CertificateDer::pem_file_iter(chain_path)
+        .map_err(|e| chain_err(pem_detail(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| chain_err(pem_detail(&e)))?;
+    if chain.is_empty() {
+        return Err(chain_err("no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| PemLoadError::Key {
+        path: key_path.to_owned(),
+        detail: pem_detail(&e),
+    })?;
+    Ok((chain, key))
+}
+
+fn pem_detail(err: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match err {
+        Error::Io(io) => io.to_string(),
+        Error::NoItemsFound => "no matching PEM block in the file".into(),
+        Error::MissingSectionEnd { .. } => "a PEM block has no END line".into(),
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".into(),
+        Error::Base64Decode(_) => "a PEM block is not valid base64".into(),
+        _ => "the file is not valid PEM".into(),
     }
 }
 
