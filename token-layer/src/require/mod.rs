@@ -18,6 +18,7 @@
 //! [`RequireBearerLayer::require_dpop`] accepts only bound tokens.
 
 mod claims;
+pub mod danger;
 mod future;
 mod keys;
 mod layer;
@@ -27,7 +28,10 @@ mod validator;
 
 pub use self::claims::VerifiedClaims;
 pub use self::future::ResponseFuture;
-pub use self::keys::{Jwks, JwksError, JwksRefreshHandle, KeyError, VerificationKey};
+pub use self::keys::{
+    DEFAULT_FETCH_TIMEOUT, Jwks, JwksError, JwksRefreshHandle, JwksUriError, KeyError,
+    VerificationKey,
+};
 pub use self::layer::RequireBearerLayer;
 pub use self::scopes::ScopeTable;
 pub use self::service::RequireBearer;
