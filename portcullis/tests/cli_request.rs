@@ -631,10 +631,14 @@ async fn tokens_from_the_file_store_are_sent_as_bearer_and_refreshed_when_due() 
     )
     .await;
     let token_url = endpoint.url("/oauth/token");
+    // The token endpoint (localhost, like the API) is pinned: the refresh token may go there.
+    let pin = pki.root.spki_pin();
     let args = [
         url.as_str(),
         "--ca-file",
         &ca,
+        "--pin",
+        &pin,
         "--token-file",
         &file_arg,
         "--token-name",
@@ -726,4 +730,158 @@ async fn policy_files_pin_the_host_and_report_only_mismatches_exit_1() {
         "report-only lets the request through"
     );
     assert!(stderr(&out).contains("report-only"), "{}", stderr(&out));
+}
+
+/// A token endpoint that counts the refresh requests it receives and answers each with a new
+/// access token and a rotated refresh token (`rt-N`), if the one sent is the current one.
+async fn token_endpoint(pki: &TestPki) -> (TestServer, Arc<AtomicUsize>) {
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let seen = refreshes.clone();
+    let server = TestServer::https_with(
+        server_config(pki.server_chain(), pki.leaf.key_der()),
+        move |req: Request<Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let form = req.into_body().collect().await.unwrap().to_bytes();
+                let form = String::from_utf8_lossy(&form).into_owned();
+                let n = seen.load(Ordering::SeqCst);
+                if !form.contains(&format!("refresh_token=rt-{n}")) {
+                    return text(StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#);
+                }
+                let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                text(
+                    StatusCode::OK,
+                    format!(
+                        r#"{{"access_token":"{}","token_type":"Bearer","expires_in":300,"refresh_token":"rt-{n}"}}"#,
+                        jwt("dave", &format!("refreshed-{n}"), 300)
+                    ),
+                )
+            }
+        },
+    )
+    .await;
+    (server, refreshes)
+}
+
+#[tokio::test]
+async fn a_token_endpoint_not_covered_by_an_enforcing_pin_is_refused_before_anything_is_sent() {
+    let pki = TestPki::new();
+    let stranger = TestPki::named("Stranger");
+    let api = bearer_api(&pki).await;
+    let (endpoint, refreshes) = token_endpoint(&pki).await;
+    let dir = TempDir::new("token-endpoint-pin");
+    let ca = dir.write("ca.pem", pki.root.cert_pem());
+    let file = dir.path("app.pcs");
+    let file_arg = file.display().to_string();
+    let st = store(&file).await;
+    TokenSource::builder(
+        |_rt: secrecy::SecretString| async {
+            Err::<TokenResponse, _>(portcullis::token::token::RefreshError::InvalidGrant)
+        },
+        st,
+    )
+    .name("due")
+    .load()
+    .await
+    .unwrap()
+    .seed(TokenSet::new(
+        jwt("dave", "due-0", 5),
+        Duration::from_secs(5),
+        Some("rt-0".into()),
+    ))
+    .await
+    .unwrap();
+
+    let url = api.url("/me");
+    let token_url = endpoint.url("/oauth/token");
+    let pin = pki.root.spki_pin();
+    let report_only = dir.write(
+        "report.toml",
+        format!(
+            "[[host]]\npattern = \"localhost\"\nmode = \"report_only\"\npins = [\"{}\", \"{}\"]\n",
+            pki.root.spki_pin(),
+            stranger.root.spki_pin()
+        ),
+    );
+    // The same endpoint reached by IP: the --pin entry is for the URL's host, localhost.
+    let by_ip = format!("https://127.0.0.1:{}/oauth/token", endpoint.port());
+    let base = |extra: &[&str], endpoint_url: &str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            url.as_str(),
+            "--ca-file",
+            &ca,
+            "--token-file",
+            &file_arg,
+            "--token-name",
+            "due",
+            "--token-endpoint",
+            endpoint_url,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let cases = [
+        ("no pin at all", base(&[], &token_url), "no pin covers"),
+        (
+            "a report-only entry",
+            base(&["--policy", &report_only], &token_url),
+            "report-only",
+        ),
+        (
+            "a pin for the API host only",
+            base(&["--pin", &pin], &by_ip),
+            "no pin covers",
+        ),
+    ];
+    for (what, args, want) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args).await;
+        let err = stderr(&out);
+        assert_eq!(code(&out), 4, "{what}: {err}");
+        assert!(
+            err.starts_with("portcullis request: refusing to send the refresh token to ")
+                && err.contains(want)
+                && err.contains("nothing was sent"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("rt-0"), "{what}: no secret in the message");
+        assert_eq!(stdout(&out), "", "{what}");
+    }
+    assert_eq!(
+        endpoint.accepted(),
+        0,
+        "no connection to the token endpoint"
+    );
+    assert_eq!(api.accepted(), 0, "no connection to the API");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 0);
+
+    // A plain-http token endpoint is a usage error.
+    let plain = format!("http://localhost:{}/oauth/token", endpoint.port());
+    let args = base(&["--pin", &pin], &plain);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code(&out), 64, "{}", stderr(&out));
+    assert!(stderr(&out).contains("only https://"), "{}", stderr(&out));
+
+    // Pinned: the refresh goes through with the untouched refresh token, then the API call.
+    let args = base(&["--pin", &pin], &token_url);
+    let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "dave refreshed-1");
+    assert_eq!(refreshes.load(Ordering::SeqCst), 1);
+
+    // The exit code is documented in --help.
+    let help = tokio::process::Command::new(BIN)
+        .args(["request", "--help"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        stdout(&help)
+            .contains("4   the --token-endpoint host is not covered by an enforcing pin entry"),
+        "{}",
+        stdout(&help)
+    );
 }

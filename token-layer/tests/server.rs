@@ -1,6 +1,7 @@
 //! Server half: RequireBearerLayer validates JWTs (EdDSA, ES256, RS256, HS256) and refuses
-//! expired, not-yet-valid, wrong-audience, wrong-issuer, wrong-algorithm, too-long-lived and
-//! denied tokens, enforces per-route scopes and follows JWKS key rotation.
+//! expired, not-yet-valid, wrong-audience, wrong-issuer, wrong-algorithm, wrong-type,
+//! too-long-lived and denied tokens, enforces per-route scopes (GET rules cover HEAD) and
+//! follows JWKS key rotation over https only, with bounded fetches.
 
 use std::{
     convert::Infallible,
@@ -17,8 +18,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use jsonwebtoken::{EncodingKey, Header, jwk::Jwk, jwk::JwkSet};
 use portcullis_token::require::{
-    Algorithm, JtiDenyList, Jwks, JwtValidator, RequireBearerLayer, ScopeTable, VerificationKey,
-    VerifiedClaims,
+    Algorithm, DEFAULT_FETCH_TIMEOUT, JtiDenyList, Jwks, JwksError, JwksUriError, JwtValidator,
+    RequireBearerLayer, ScopeTable, ValidationError, VerificationKey, VerifiedClaims, danger,
 };
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -34,6 +35,16 @@ struct Signer {
     enc: EncodingKey,
     verify: VerificationKey,
     jwk: Option<Jwk>,
+    /// The public key as an attacker finds it published: PEM text, SPKI DER, and the raw key
+    /// inside the SPKI (PKCS#1 `RSAPublicKey` DER for RSA, the curve point for EC), which is
+    /// what a PEM-loaded verification key holds in memory.
+    public: Option<PublicKeyBytes>,
+}
+
+struct PublicKeyBytes {
+    pem: String,
+    spki_der: Vec<u8>,
+    raw: Vec<u8>,
 }
 
 fn now() -> u64 {
@@ -79,6 +90,11 @@ impl Signer {
             enc,
             verify,
             jwk: Some(jwk),
+            public: Some(PublicKeyBytes {
+                pem: kp.public_key_pem(),
+                spki_der: rcgen::PublicKeyData::subject_public_key_info(&kp),
+                raw: kp.public_key_raw().to_vec(),
+            }),
         }
     }
 
@@ -92,22 +108,33 @@ impl Signer {
                 .unwrap()
                 .with_kid(kid),
             jwk: None,
+            public: None,
         }
     }
 
     fn sign(&self, claims: serde_json::Value) -> String {
+        self.sign_typed(Some("JWT"), claims)
+    }
+
+    /// Signs with header `typ` set to `typ` (or left out).
+    fn sign_typed(&self, typ: Option<&str>, claims: serde_json::Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, &claims, &self.enc).unwrap()
     }
 
-    fn good(&self) -> String {
-        self.sign(json!({
+    fn good_claims() -> serde_json::Value {
+        json!({
             "iss": ISS, "aud": AUD, "sub": "user-42",
             "iat": now(), "exp": now() + 300,
             "scope": "orders:read profile",
             "jti": "tok-1",
-        }))
+        })
+    }
+
+    fn good(&self) -> String {
+        self.sign(Self::good_claims())
     }
 
     /// A token bound to the DPoP key [`JKT`] (RFC 9449 `cnf.jkt`).
@@ -429,7 +456,7 @@ async fn refuses_expired_not_yet_valid_wrong_audience_and_wrong_issuer() {
 }
 
 #[tokio::test]
-async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
+async fn refuses_alg_none_forged_and_tampered_tokens() {
     let rsa = Signer::asymmetric(Algorithm::RS256, "rsa");
     let layer = RequireBearerLayer::new(validator(&[&rsa]));
     let t = now();
@@ -449,23 +476,6 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
     .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(challenge(&resp), INVALID);
-    // HS256 signed with the RSA *public* key as the HMAC secret (the classic confusion).
-    let rsa_pub_pem = {
-        let jwk = rsa.jwk.as_ref().unwrap();
-        serde_json::to_vec(jwk).unwrap()
-    };
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some("rsa".into());
-    let forged =
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&rsa_pub_pem)).unwrap();
-    let resp = call(
-        layer.clone(),
-        Method::GET,
-        "/",
-        Some(&format!("Bearer {forged}")),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // A token signed by another RSA key with the same kid.
     let other = Signer::asymmetric(Algorithm::RS256, "rsa");
     let resp = call(
@@ -491,32 +501,9 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    // Even with an HS256 key configured next to the RSA key, a forged HS256 token naming the
-    // RSA kid (or no kid) is refused: each key verifies exactly one algorithm.
+    // An HS256 key next to the RSA key still verifies its own tokens.
     let hs = Signer::hmac("hs");
     let both = RequireBearerLayer::new(validator(&[&rsa, &hs]));
-    let resp = call(
-        both.clone(),
-        Method::GET,
-        "/",
-        Some(&format!("Bearer {forged}")),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let forged_no_kid = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(&rsa_pub_pem),
-    )
-    .unwrap();
-    let resp = call(
-        both.clone(),
-        Method::GET,
-        "/",
-        Some(&format!("Bearer {forged_no_kid}")),
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let resp = call(
         both,
         Method::GET,
@@ -532,6 +519,215 @@ async fn refuses_alg_none_and_hmac_rsa_key_confusion() {
         )
         .is_err()
     );
+}
+
+/// The HS/RS (and HS/EC) key confusion: the attacker takes the server's *public* key as it is
+/// published (PEM text, SPKI DER, or the raw key a PEM-loaded key holds in memory) and uses its
+/// bytes as an HS256 secret. A validator that let the token's `alg` pick how a key is used
+/// would accept these; each forgery is first shown to verify under exactly that mistake.
+#[tokio::test]
+async fn refuses_hs256_tokens_forged_with_the_public_keys_pem_or_der_bytes() {
+    let t = now();
+    let claims = json!({"iss": ISS, "aud": AUD, "iat": t, "exp": t + 300, "sub": "admin"});
+    let mut naive = jsonwebtoken::Validation::new(Algorithm::HS256);
+    naive.set_issuer(&[ISS]);
+    naive.set_audience(&[AUD]);
+    for alg in [Algorithm::RS256, Algorithm::ES256] {
+        let signer = Signer::asymmetric(alg, "pub");
+        let public = signer.public.as_ref().unwrap();
+        let hs = Signer::hmac("hs");
+        let set = JwkSet {
+            keys: vec![signer.jwk.clone().unwrap()],
+        };
+        let jwks = Jwks::from_fetcher(move || {
+            let set = set.clone();
+            async move { Ok(set) }
+        });
+        jwks.refresh().await.unwrap();
+        let validators = [
+            ("the public key alone", validator(&[&signer])),
+            (
+                "the public key next to an HMAC key",
+                validator(&[&signer, &hs]),
+            ),
+            (
+                "a JWKS, with HS256 among the accepted algorithms",
+                JwtValidator::builder()
+                    .issuer(ISS)
+                    .audience(AUD)
+                    .jwks(jwks)
+                    .algorithms([alg, Algorithm::HS256])
+                    .build()
+                    .unwrap(),
+            ),
+        ];
+        let secrets: [(&str, &[u8]); 4] = [
+            ("PEM", public.pem.as_bytes()),
+            ("PEM, trimmed", public.pem.trim_end().as_bytes()),
+            ("SPKI DER", &public.spki_der),
+            ("raw key DER", &public.raw),
+        ];
+        for (form, secret) in secrets {
+            for kid in [Some("pub"), None] {
+                let mut header = Header::new(Algorithm::HS256);
+                header.kid = kid.map(str::to_owned);
+                let forged =
+                    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+                        .unwrap();
+                let what = format!("{alg:?} key, HS256 forged with its {form}, kid {kid:?}");
+                assert!(
+                    jsonwebtoken::decode::<serde_json::Value>(
+                        &forged,
+                        &jsonwebtoken::DecodingKey::from_secret(secret),
+                        &naive
+                    )
+                    .is_ok(),
+                    "{what}: the forgery must pass a validator that uses the public key bytes as an HMAC secret"
+                );
+                for (name, v) in &validators {
+                    let refused = v.validate(&forged);
+                    assert!(
+                        matches!(
+                            refused,
+                            Err(ValidationError::AlgorithmNotAllowed(_)
+                                | ValidationError::UnknownKey
+                                | ValidationError::BadSignature)
+                        ),
+                        "{what}, {name}: {refused:?}"
+                    );
+                    let resp = call(
+                        RequireBearerLayer::new(v.clone()),
+                        Method::GET,
+                        "/",
+                        Some(&format!("Bearer {forged}")),
+                    )
+                    .await;
+                    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{what}, {name}");
+                    assert_eq!(challenge(&resp), INVALID, "{what}, {name}");
+                }
+            }
+        }
+        // The genuine key still verifies through every validator.
+        for (name, v) in &validators {
+            assert!(v.validate(&signer.good()).is_ok(), "{alg:?}, {name}");
+        }
+    }
+}
+
+/// Other kinds of JWT signed by the same issuer (logout tokens, security events) and DPoP
+/// proofs never pass for an access token; RFC 9068 `at+jwt` can be required.
+#[tokio::test]
+async fn refuses_proofs_and_other_jwt_types_and_can_require_at_jwt() {
+    let s = Signer::asymmetric(Algorithm::ES256, "ec");
+    let default = validator(&[&s]);
+    let strict = JwtValidator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(s.verify.clone())
+        .require_access_token_typ()
+        .build()
+        .unwrap();
+    let claims = Signer::good_claims();
+    let refused_by_both = [
+        "dpop+jwt",
+        "application/dpop+jwt",
+        "DPoP+JWT",
+        "secevent+jwt",
+        "logout+jwt",
+        "application/logout+jwt",
+        "kb+jwt",
+        "token-introspection+jwt",
+        "oauth-authz-req+jwt",
+    ];
+    for typ in refused_by_both {
+        let tok = s.sign_typed(Some(typ), claims.clone());
+        for (name, v) in [("default", &default), ("at+jwt required", &strict)] {
+            let refused = v.validate(&tok);
+            assert!(
+                matches!(
+                    refused,
+                    Err(ValidationError::WrongType { seen: Some(_), .. })
+                ),
+                "{typ}, {name}: {refused:?}"
+            );
+        }
+        let resp = call(
+            RequireBearerLayer::new(default.clone()),
+            Method::GET,
+            "/",
+            Some(&format!("Bearer {tok}")),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{typ}");
+        assert_eq!(challenge(&resp), INVALID, "{typ}: the reason must not leak");
+    }
+    for typ in [Some("at+jwt"), Some("application/at+jwt"), Some("AT+JWT")] {
+        let tok = s.sign_typed(typ, claims.clone());
+        assert!(default.validate(&tok).is_ok(), "{typ:?}, default");
+        assert!(strict.validate(&tok).is_ok(), "{typ:?}, at+jwt required");
+    }
+    for typ in [None, Some("JWT"), Some("jwt")] {
+        let tok = s.sign_typed(typ, claims.clone());
+        assert!(default.validate(&tok).is_ok(), "{typ:?}, default");
+        assert!(
+            matches!(
+                strict.validate(&tok),
+                Err(ValidationError::WrongType {
+                    at_jwt_required: true,
+                    ..
+                })
+            ),
+            "{typ:?}, at+jwt required"
+        );
+    }
+    // An issuer's own access-token type can be named.
+    let custom = JwtValidator::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .key(s.verify.clone())
+        .accept_typ("application/vnd.issuer.at+jwt")
+        .build()
+        .unwrap();
+    let tok = s.sign_typed(Some("vnd.issuer.at+jwt"), claims.clone());
+    assert!(custom.validate(&tok).is_ok());
+    assert!(default.validate(&tok).is_err());
+    assert!(
+        custom
+            .validate(&s.sign_typed(Some("dpop+jwt"), claims))
+            .is_err()
+    );
+}
+
+/// Routers run the GET handler for HEAD: a scope required for GET is required for HEAD.
+#[tokio::test]
+async fn head_on_a_get_protected_route_needs_the_get_scope() {
+    let s = Signer::asymmetric(Algorithm::EdDSA, "ed");
+    let table = ScopeTable::new().route_method(Method::GET, "/reports", ["reports:read"]);
+    let layer = RequireBearerLayer::new(validator(&[&s])).routes(table);
+    let without = format!("Bearer {}", s.good());
+    for method in [Method::GET, Method::HEAD] {
+        let resp = call(layer.clone(), method.clone(), "/reports/q3", Some(&without)).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{method}");
+        assert_eq!(
+            challenge(&resp),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"reports:read\"",
+            "{method}"
+        );
+    }
+    let with = s.sign(
+        json!({"iss": ISS, "aud": AUD, "iat": now(), "exp": now() + 60, "scope": "reports:read"}),
+    );
+    let resp = call(
+        layer.clone(),
+        Method::HEAD,
+        "/reports/q3",
+        Some(&format!("Bearer {with}")),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The GET rule does not spill onto other methods.
+    let resp = call(layer, Method::DELETE, "/reports/q3", Some(&without)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -736,12 +932,13 @@ async fn jwks_fetched_over_real_http_and_refreshed_in_the_background() {
         .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
-    let jwks = Jwks::from_uri(
+    let jwks = danger::jwks_from_loopback_http(
         client,
         format!("http://127.0.0.1:{}/jwks.json", server.port())
             .parse()
             .unwrap(),
-    );
+    )
+    .unwrap();
     let handle = jwks.spawn_refresh(Duration::from_secs(3600));
     let layer = RequireBearerLayer::new(
         JwtValidator::builder()
@@ -766,4 +963,205 @@ async fn jwks_fetched_over_real_http_and_refreshed_in_the_background() {
     assert_eq!(status, StatusCode::OK);
     assert!(server.requests() >= 1);
     drop(handle);
+}
+
+fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>()
+}
+
+#[test]
+fn jwks_uris_must_be_https_and_plain_http_is_a_named_loopback_only_opt_in() {
+    let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+    for (plain, scheme) in [
+        ("http://issuer.example/jwks.json", Some("http")),
+        ("http://127.0.0.1:8080/jwks.json", Some("http")),
+        ("ws://issuer.example/jwks.json", Some("ws")),
+        ("/jwks.json", None),
+    ] {
+        let refused = Jwks::from_uri(http_client(), uri(plain)).unwrap_err();
+        match &refused {
+            JwksUriError::NotHttps { seen } => assert_eq!(seen.as_deref(), scheme, "{plain}"),
+            JwksUriError::NoHost => assert_eq!(scheme, None, "{plain}"),
+            other => panic!("{plain}: {other:?}"),
+        }
+        assert!(refused.to_string().contains("https"), "{refused}");
+    }
+    assert!(Jwks::from_uri(http_client(), uri("https://issuer.example/jwks.json")).is_ok());
+    assert!(Jwks::from_uri(http_client(), uri("HTTPS://issuer.example/jwks.json")).is_ok());
+
+    for loopback in [
+        "http://127.0.0.1:8080/jwks.json",
+        "http://127.0.0.2/jwks.json",
+        "http://[::1]:8080/jwks.json",
+        "http://localhost:8080/jwks.json",
+        "http://LOCALHOST/jwks.json",
+        "https://issuer.example/jwks.json",
+    ] {
+        assert!(
+            danger::jwks_from_loopback_http(http_client(), uri(loopback)).is_ok(),
+            "{loopback}"
+        );
+    }
+    for remote in [
+        "http://issuer.example/jwks.json",
+        "http://10.0.0.1/jwks.json",
+        "http://[::2]/jwks.json",
+        "http://127.0.0.1.evil.example/jwks.json",
+        "http://localhost.evil.example/jwks.json",
+        "http://0.0.0.0/jwks.json",
+    ] {
+        assert!(
+            matches!(
+                danger::jwks_from_loopback_http(http_client(), uri(remote)),
+                Err(JwksUriError::NotLoopback { .. })
+            ),
+            "{remote}"
+        );
+    }
+    assert!(matches!(
+        danger::jwks_from_loopback_http(http_client(), uri("ftp://127.0.0.1/jwks.json")),
+        Err(JwksUriError::NotHttps { .. })
+    ));
+}
+
+/// A JWKS endpoint that accepts the TCP connection and never answers: the fetch ends with a
+/// timeout, the token with the key it would have brought is refused, and both in bounded time.
+#[tokio::test]
+async fn a_silent_jwks_server_times_out_and_validation_fails_closed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(stream); // Read nothing, answer nothing, never close.
+        }
+    });
+    let timeout = Duration::from_millis(300);
+    let jwks = danger::jwks_from_loopback_http(
+        http_client(),
+        format!("http://127.0.0.1:{port}/jwks.json")
+            .parse()
+            .unwrap(),
+    )
+    .unwrap()
+    .fetch_timeout(timeout);
+    let bound = Duration::from_secs(10);
+    let refreshed = tokio::time::timeout(bound, jwks.refresh())
+        .await
+        .expect("the fetch must end by itself");
+    assert!(
+        matches!(refreshed, Err(JwksError::Timeout(t)) if t == timeout),
+        "{refreshed:?}"
+    );
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 1,
+        "the server took the connection"
+    );
+
+    // A token with a kid the silent issuer would have served: the refetch it triggers times
+    // out too, and the token is refused.
+    let jwks = jwks.min_refetch_interval(Duration::ZERO);
+    let layer = RequireBearerLayer::new(
+        JwtValidator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .jwks(jwks)
+            .build()
+            .unwrap(),
+    );
+    let signer = Signer::asymmetric(Algorithm::ES256, "new");
+    let resp = tokio::time::timeout(
+        bound,
+        call(
+            layer,
+            Method::GET,
+            "/",
+            Some(&format!("Bearer {}", signer.good())),
+        ),
+    )
+    .await
+    .expect("validation must end by itself");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&resp), INVALID);
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 2,
+        "the refetch reached the server"
+    );
+    silent.abort();
+}
+
+/// A fetch that hangs holds no lock: a validation that needs the JWKS meanwhile waits for it at
+/// most the fetch timeout, and the next fetch brings the key.
+#[tokio::test(start_paused = true)]
+async fn a_hung_jwks_fetch_does_not_block_validations_beyond_the_timeout() {
+    let k1 = Signer::asymmetric(Algorithm::ES256, "k1");
+    let set = JwkSet {
+        keys: vec![k1.jwk.clone().unwrap()],
+    };
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    let jwks = Jwks::from_fetcher(move || {
+        let first = f.fetch_add(1, Ordering::SeqCst) == 0;
+        let set = set.clone();
+        async move {
+            if first {
+                // The issuer took the request and went silent.
+                std::future::pending::<()>().await;
+            }
+            Ok(set)
+        }
+    })
+    .min_refetch_interval(Duration::ZERO);
+    let layer = RequireBearerLayer::new(
+        JwtValidator::builder()
+            .issuer(ISS)
+            .audience(AUD)
+            .jwks(jwks.clone())
+            .build()
+            .unwrap(),
+    );
+    let started = tokio::time::Instant::now();
+    let background = tokio::spawn({
+        let jwks = jwks.clone();
+        async move { jwks.refresh().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "the hung fetch is in flight"
+    );
+
+    // A token with a kid not installed yet, while the fetch hangs.
+    let auth = format!("Bearer {}", k1.good());
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        call(layer.clone(), Method::GET, "/", Some(&auth)),
+    )
+    .await
+    .expect("a hung fetch must not block validation");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        started.elapsed() <= DEFAULT_FETCH_TIMEOUT,
+        "decided within the fetch timeout: {:?}",
+        started.elapsed()
+    );
+    let hung = background.await.unwrap();
+    assert!(
+        matches!(hung, Err(JwksError::Timeout(t)) if t == DEFAULT_FETCH_TIMEOUT),
+        "{hung:?}"
+    );
+    assert_eq!(started.elapsed(), DEFAULT_FETCH_TIMEOUT);
+
+    // The next validation fetches again, and the issuer answers this time.
+    let resp = call(layer, Method::GET, "/", Some(&auth)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
 }

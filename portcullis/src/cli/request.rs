@@ -21,11 +21,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis_attest::{Algorithm, SignLayer, SigningKey};
-use portcullis_pin::{PinFailure, PinnedConnector, PinnedPeer, PinnedTls, Position};
+use portcullis_pin::{
+    Mode, PinFailure, PinPolicy, PinnedConnector, PinnedPeer, PinnedTls, Position,
+};
 use portcullis_retry::retry::RetryLayer;
 use portcullis_token::token::{ClientAuth, RefreshError, TokenError, TokenResponse};
 use portcullis_token::{BearerLayer, FileKey, FileStore, OAuthRefresh, Refresh, TokenSource};
 use secrecy::{SecretSlice, SecretString};
+use time::OffsetDateTime;
 use tower::util::Either;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
@@ -34,6 +37,9 @@ use super::usage_error;
 
 /// Exit code for an HTTP answer outside 2xx.
 const EXIT_HTTP_STATUS: u8 = 3;
+/// Exit code when `--token-endpoint` names a host no enforcing pin entry covers (nothing is
+/// sent: the refresh token never travels under standard certificate validation only).
+const EXIT_TOKEN_ENDPOINT_UNPINNED: u8 = 4;
 /// The environment variable holding the token store's passphrase.
 const PASSPHRASE_ENV: &str = "PORTCULLIS_PASSPHRASE";
 
@@ -44,14 +50,21 @@ const PASSPHRASE_ENV: &str = "PORTCULLIS_PASSPHRASE";
 ///
 /// Exit status: 0 on a 2xx answer, 1 on a pin mismatch, 2 on a connection or TLS failure
 /// (or anything else that stopped the request before an answer), 3 on any other HTTP
-/// status, 64 on a usage error.
+/// status, 4 when the token endpoint's host is not pinned, 64 on a usage error.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
     portcullis request https://api.example.com/v1/me --pin sha256/AAAA... --pin sha256/BBBB...\n  \
     portcullis request -X POST -H 'content-type: application/json' -d '{\"qty\":1}' \\\n      \
     https://api.example.com/orders --sign-key device.pem --key-id device-1 -v\n  \
     PORTCULLIS_PASSPHRASE=... portcullis request https://api.example.com/v1/me \\\n      \
-    --token-file app.pcs --token-name portcullis.token")]
+    --token-file app.pcs --token-name portcullis.token\n\n\
+    Exit status:\n  \
+    0   a 2xx answer\n  \
+    1   pin mismatch\n  \
+    2   connection or TLS failure (or anything else that stopped the request before an answer)\n  \
+    3   any other HTTP status\n  \
+    4   the --token-endpoint host is not covered by an enforcing pin entry (nothing was sent)\n  \
+    64  usage error")]
 pub(crate) struct RequestArgs {
     /// The `https://` URL.
     url: String,
@@ -96,7 +109,8 @@ pub(crate) struct RequestArgs {
     #[arg(long, value_name = "NAME", requires = "token_file")]
     token_name: Option<String>,
     /// OAuth token endpoint used to refresh an expiring token record (refresh-token grant;
-    /// the rotated refresh token is written back to the store).
+    /// the rotated refresh token is written back to the store). Its host must be pinned by an
+    /// enforcing entry (--pin when it is the URL's host, or --policy), else exit 4.
     #[arg(long, value_name = "URL", requires = "token_file")]
     token_endpoint: Option<String>,
     /// Client id sent to the token endpoint.
@@ -408,9 +422,55 @@ async fn execute(args: RequestArgs) -> ExitCode {
     }
 }
 
+/// Why the token endpoint may not receive the refresh token.
+fn token_endpoint_unpinned(
+    args: &RequestArgs,
+    policy: &PinPolicy,
+) -> Result<Option<String>, Usage> {
+    let Some(url) = &args.token_endpoint else {
+        return Ok(None);
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| Usage(format!("--token-endpoint {url:?}: {e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(Usage(format!(
+            "--token-endpoint {url:?}: only https:// (the refresh token is never sent in the clear)"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| Usage(format!("--token-endpoint {url:?} has no host")))?;
+    let how = "pin it with --pin when it is the URL's host, or with an enforcing [[host]] entry in --policy";
+    Ok(match policy.entry_for(host) {
+        Some(entry) if entry.enforcing_at(OffsetDateTime::now_utc()) => None,
+        Some(entry) => Some(format!(
+            "refusing to send the refresh token to {host}: its pin entry {} is {} \
+             ({how}); nothing was sent",
+            entry.pattern(),
+            if entry.configured_mode() == Mode::ReportOnly {
+                "report-only"
+            } else {
+                "expired"
+            },
+        )),
+        None => Some(format!(
+            "refusing to send the refresh token to {host}: no pin covers the token endpoint, \
+             so it would travel under standard certificate validation only ({how}); \
+             nothing was sent"
+        )),
+    })
+}
+
 async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
     let prepared = prepare(args)?;
     let policy = build_policy(&prepared.host, &args.pins, args.policy.as_deref()).map_err(Usage)?;
+    // Before anything is read from the store or sent: the refresh token goes only to a
+    // pinned token endpoint.
+    if let Some(refusal) = token_endpoint_unpinned(args, &policy)? {
+        eprintln!("portcullis request: {refusal}");
+        return Ok(ExitCode::from(EXIT_TOKEN_ENDPOINT_UNPINNED));
+    }
     let tls = pinned_tls(policy, args.ca_file.as_deref(), false).map_err(Usage)?;
     let key = signing_key(args)?;
     let signed = key.is_some();

@@ -10,3 +10,4 @@ mod pin_session_tickets;
 mod replay_capacity;
 mod rfc9421_interop;
 mod serve_tls_bounds;
+mod token_confusion;

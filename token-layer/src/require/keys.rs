@@ -219,6 +219,11 @@ pub enum JwksError {
     /// Transport failure.
     #[error("jwks fetch failed: {0}")]
     Transport(#[source] BoxError),
+    /// The fetch (connection, answer and body) did not finish in time.
+    #[error(
+        "jwks fetch did not finish within {0:?}; keeping the previous keys (see Jwks::fetch_timeout)"
+    )]
+    Timeout(Duration),
     /// Non-200 status.
     #[error("jwks endpoint answered {0}, expected 200")]
     Status(u16),
@@ -228,6 +233,91 @@ pub enum JwksError {
     /// Fetched too recently to fetch again.
     #[error("jwks fetched less than the minimum interval ago")]
     TooSoon,
+}
+
+/// Why a JWKS URI was refused when the key set was made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwksUriError {
+    /// The URI is not `https`: keys fetched in the clear can be replaced by anyone on the path.
+    #[error(
+        "jwks uri scheme is {seen:?}, expected \"https\" (keys fetched in the clear can be \
+         swapped on the path; a test server on loopback may use \
+         require::danger::jwks_from_loopback_http)"
+    )]
+    NotHttps {
+        /// The scheme seen (`None` for a relative URI).
+        seen: Option<String>,
+    },
+    /// The URI has no host.
+    #[error("jwks uri has no host, expected an absolute https://host/path URI")]
+    NoHost,
+    /// Plain `http` was asked for a host that is not loopback.
+    #[error(
+        "jwks uri host {host:?} is not loopback: plain http is allowed only for 127.0.0.1, \
+         ::1 or localhost"
+    )]
+    NotLoopback {
+        /// The host seen.
+        host: String,
+    },
+}
+
+/// The default bound on one JWKS fetch (connection, answer and body).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn refuse_uri(uri: &Uri, error: JwksUriError) -> JwksUriError {
+    tracing::warn!(
+        target: "portcullis::token",
+        {
+            "event.kind" = "event",
+            "event.category" = "configuration",
+            "event.action" = "jwks.configure",
+            "event.outcome" = "failure",
+            "event.reason" = %error,
+            "url.scheme" = uri.scheme_str(),
+            "url.domain" = uri.host(),
+        },
+        "jwks uri refused"
+    );
+    error
+}
+
+/// Checks that `uri` is `https` with a host (or, with `allow_loopback_http`, plain `http` to a
+/// loopback address).
+pub(super) fn check_jwks_uri(uri: &Uri, allow_loopback_http: bool) -> Result<(), JwksUriError> {
+    let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+        return Err(refuse_uri(uri, JwksUriError::NoHost));
+    };
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("https") => Ok(()),
+        Some(s) if allow_loopback_http && s.eq_ignore_ascii_case("http") => {
+            let bare = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            let loopback = bare.eq_ignore_ascii_case("localhost")
+                || bare
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(refuse_uri(
+                    uri,
+                    JwksUriError::NotLoopback {
+                        host: host.to_owned(),
+                    },
+                ))
+            }
+        }
+        seen => Err(refuse_uri(
+            uri,
+            JwksUriError::NotHttps {
+                seen: seen.map(str::to_owned),
+            },
+        )),
+    }
 }
 
 type FetchFuture = Pin<Box<dyn Future<Output = Result<JwkSet, JwksError>> + Send>>;
@@ -243,8 +333,48 @@ struct JwksInner {
     entries: RwLock<Arc<Vec<Entry>>>,
     overlap: Duration,
     min_interval: Duration,
-    last_fetch: Mutex<Option<Instant>>,
-    fetch_lock: tokio::sync::Mutex<()>,
+    fetch_timeout: Duration,
+    /// Held only for bookkeeping, never across an await.
+    state: Mutex<FetchState>,
+}
+
+#[derive(Default)]
+struct FetchState {
+    last_fetch: Option<Instant>,
+    /// The fetch in flight, if any: its receiver wakes when the fetch ends (or is dropped).
+    in_flight: Option<(u64, tokio::sync::watch::Receiver<()>)>,
+    next_id: u64,
+}
+
+/// What a caller does about a fetch.
+enum Begin<'a> {
+    /// Fetch; the guard marks the fetch as in flight until dropped.
+    Lead(FlightGuard<'a>),
+    /// Wait (bounded) for the fetch already in flight.
+    Join(tokio::sync::watch::Receiver<()>),
+    /// Fetched within the minimum interval.
+    TooSoon,
+}
+
+/// Clears the in-flight mark and wakes the waiters when the fetch ends or is cancelled.
+struct FlightGuard<'a> {
+    jwks: &'a Jwks,
+    id: u64,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut state = self.jwks.state();
+        if state
+            .in_flight
+            .as_ref()
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            state.in_flight = None;
+        }
+        // `_done` drops after this: the waiters' `changed()` returns.
+    }
 }
 
 /// A JSON Web Key Set fetched from the issuer, refreshed in the background.
@@ -253,6 +383,12 @@ struct JwksInner {
 /// `overlap` period (default 10 min) so tokens signed just before a rotation stay valid; a
 /// token with an unknown `kid` triggers an immediate refetch, at most once per
 /// `min_refetch_interval` (default 30 s) so forged `kid`s cannot hammer the issuer.
+///
+/// Every fetch is bounded by [`Jwks::fetch_timeout`] (default 10 s). No lock is held while a
+/// fetch runs: a request with an unknown `kid` that arrives during a fetch waits for that
+/// fetch, at most the fetch timeout, then is decided with whatever keys are installed (an
+/// issuer that accepts the connection and never answers costs each such request at most the
+/// timeout, and refuses the token: fail closed).
 #[derive(Clone)]
 pub struct Jwks {
     inner: Arc<JwksInner>,
@@ -271,7 +407,26 @@ impl fmt::Debug for Jwks {
 impl Jwks {
     /// A key set fetched with `GET uri` through `client` (use the pinned client). Nothing is
     /// fetched until [`Jwks::refresh`] or [`Jwks::spawn_refresh`].
-    pub fn from_uri<S, B>(client: S, uri: Uri) -> Self
+    ///
+    /// # Errors
+    ///
+    /// [`JwksUriError`] when `uri` is not an absolute `https` URI. For a test issuer on
+    /// loopback over plain http, see
+    /// [`danger::jwks_from_loopback_http`](super::danger::jwks_from_loopback_http).
+    pub fn from_uri<S, B>(client: S, uri: Uri) -> Result<Self, JwksUriError>
+    where
+        S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        check_jwks_uri(&uri, false)?;
+        Ok(Self::from_checked_uri(client, uri))
+    }
+
+    pub(super) fn from_checked_uri<S, B>(client: S, uri: Uri) -> Self
     where
         S: Service<Request<Empty<Bytes>>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send,
@@ -323,8 +478,8 @@ impl Jwks {
                 entries: RwLock::new(Arc::new(Vec::new())),
                 overlap: Duration::from_secs(600),
                 min_interval: Duration::from_secs(30),
-                last_fetch: Mutex::new(None),
-                fetch_lock: tokio::sync::Mutex::new(()),
+                fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+                state: Mutex::new(FetchState::default()),
             }),
         }
     }
@@ -349,8 +504,56 @@ impl Jwks {
         self
     }
 
+    /// Longest time one fetch (connection, answer and body) may take before it fails with
+    /// [`JwksError::Timeout`] and the previous keys stay in place (default 10 s).
+    ///
+    /// # Panics
+    ///
+    /// When called after the set was cloned (configure before sharing).
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.inner_mut().fetch_timeout = timeout;
+        self
+    }
+
     fn inner_mut(&mut self) -> &mut JwksInner {
         Arc::get_mut(&mut self.inner).expect("configure Jwks before cloning it")
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FetchState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides, without waiting, whether an unknown-`kid` refetch fetches, joins the fetch in
+    /// flight, or is too soon.
+    fn begin(&self) -> Begin<'_> {
+        let mut state = self.state();
+        if let Some((_, rx)) = &state.in_flight {
+            return Begin::Join(rx.clone());
+        }
+        if state
+            .last_fetch
+            .is_some_and(|t| t.elapsed() < self.inner.min_interval)
+        {
+            return Begin::TooSoon;
+        }
+        Begin::Lead(self.lead(&mut state))
+    }
+
+    /// Marks a fetch as in flight (and as the last fetch) until the guard drops.
+    fn lead(&self, state: &mut FetchState) -> FlightGuard<'_> {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        let id = state.next_id;
+        state.next_id = state.next_id.wrapping_add(1);
+        state.in_flight = Some((id, rx));
+        state.last_fetch = Some(Instant::now());
+        FlightGuard {
+            jwks: self,
+            id,
+            _done: tx,
+        }
     }
 
     fn snapshot(&self) -> Arc<Vec<Entry>> {
@@ -365,20 +568,25 @@ impl Jwks {
     ///
     /// # Errors
     ///
-    /// [`JwksError`] when the fetch fails or the document holds no usable key; the previous
-    /// keys stay in place then.
+    /// [`JwksError`] when the fetch fails, takes longer than [`Jwks::fetch_timeout`] or the
+    /// document holds no usable key; the previous keys stay in place then.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let _guard = self.inner.fetch_lock.lock().await;
-        self.fetch_locked().await
+        let flight = {
+            let mut state = self.state();
+            self.lead(&mut state)
+        };
+        let result = self.fetch_and_install().await;
+        drop(flight);
+        result
     }
 
-    async fn fetch_locked(&self) -> Result<usize, JwksError> {
-        *self
-            .inner
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        let set = (self.inner.fetch)().await;
+    /// One bounded fetch, then the keys installed in one step. Holds no lock across the await.
+    async fn fetch_and_install(&self) -> Result<usize, JwksError> {
+        let timeout = self.inner.fetch_timeout;
+        let set = match tokio::time::timeout(timeout, (self.inner.fetch)()).await {
+            Ok(result) => result,
+            Err(_) => Err(JwksError::Timeout(timeout)),
+        };
         let set = match set {
             Ok(set) => set,
             Err(e) => {
@@ -405,32 +613,36 @@ impl Jwks {
             return Err(JwksError::Invalid("no usable signature key"));
         }
         let now = Instant::now();
-        let previous = self.snapshot();
-        let mut next: Vec<Entry> = fresh
-            .iter()
-            .map(|k| Entry {
-                key: k.clone(),
-                retired_at: None,
-            })
-            .collect();
-        for old in previous.iter() {
-            if fresh.iter().any(|k| k.same_key(&old.key)) {
-                continue;
-            }
-            let retired_at = old.retired_at.unwrap_or(now);
-            if now.saturating_duration_since(retired_at) < self.inner.overlap {
-                next.push(Entry {
-                    key: old.key.clone(),
-                    retired_at: Some(retired_at),
-                });
-            }
-        }
         let count = fresh.len();
-        *self
-            .inner
-            .entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        {
+            // Read, merge and write under one write lock, so two fetches ending together
+            // cannot lose each other's retired keys.
+            let mut entries = self
+                .inner
+                .entries
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut next: Vec<Entry> = fresh
+                .iter()
+                .map(|k| Entry {
+                    key: k.clone(),
+                    retired_at: None,
+                })
+                .collect();
+            for old in entries.iter() {
+                if fresh.iter().any(|k| k.same_key(&old.key)) {
+                    continue;
+                }
+                let retired_at = old.retired_at.unwrap_or(now);
+                if now.saturating_duration_since(retired_at) < self.inner.overlap {
+                    next.push(Entry {
+                        key: old.key.clone(),
+                        retired_at: Some(retired_at),
+                    });
+                }
+            }
+            *entries = Arc::new(next);
+        }
         tracing::debug!(
             target: "portcullis::token",
             {
@@ -445,28 +657,33 @@ impl Jwks {
         Ok(count)
     }
 
-    /// Refetches for an unknown `kid`, unless a fetch happened within the minimum interval.
-    pub(crate) async fn refetch_for_unknown_kid(&self) -> Result<usize, JwksError> {
-        let _guard = self.inner.fetch_lock.lock().await;
-        let last = *self
-            .inner
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|t| t.elapsed() < self.inner.min_interval) {
-            return Err(JwksError::TooSoon);
+    /// Refetches for an unknown `kid`, unless a fetch happened within the minimum interval;
+    /// joins (for at most the fetch timeout) a fetch already in flight instead of starting
+    /// another. The caller then validates again with whatever keys are installed.
+    pub(crate) async fn refetch_for_unknown_kid(&self) -> Result<(), JwksError> {
+        match self.begin() {
+            Begin::TooSoon => Err(JwksError::TooSoon),
+            Begin::Join(mut done) => {
+                // Ends when the fetch in flight ends or is cancelled, or after the timeout.
+                let _ = tokio::time::timeout(self.inner.fetch_timeout, done.changed()).await;
+                Ok(())
+            }
+            Begin::Lead(flight) => {
+                let result = self.fetch_and_install().await;
+                drop(flight);
+                result.map(drop)
+            }
         }
-        self.fetch_locked().await
     }
 
-    /// Whether an unknown-`kid` refetch would be allowed now.
+    /// Whether an unknown-`kid` refetch would be allowed now (or a fetch is in flight to wait
+    /// for).
     pub(crate) fn may_refetch(&self) -> bool {
-        let last = *self
-            .inner
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        last.is_none_or(|t| t.elapsed() >= self.inner.min_interval)
+        let state = self.state();
+        state.in_flight.is_some()
+            || state
+                .last_fetch
+                .is_none_or(|t| t.elapsed() >= self.inner.min_interval)
     }
 
     /// Refreshes every `every` on the current tokio runtime until the handle is dropped.

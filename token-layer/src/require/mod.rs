@@ -16,8 +16,17 @@
 //! bound token with no verified proof, and an unbound token sent as `DPoP` are refused with
 //! `401` and `WWW-Authenticate: DPoP error="invalid_token"`.
 //! [`RequireBearerLayer::require_dpop`] accepts only bound tokens.
+//!
+//! # Token types, routes and keys
+//! Only access tokens pass: a header `typ` other than absent, `JWT` or `at+jwt` (a DPoP
+//! proof, a logout or security event token) is refused, and
+//! [`JwtValidatorBuilder::require_access_token_typ`] accepts `at+jwt` alone (RFC 9068).
+//! A [`ScopeTable`] rule for `GET` also covers `HEAD`. A [`Jwks`] is fetched over `https` only
+//! (plain http to a loopback test issuer through [`danger::jwks_from_loopback_http`]), each
+//! fetch bounded by [`Jwks::fetch_timeout`], with no lock held while it runs.
 
 mod claims;
+pub mod danger;
 mod future;
 mod keys;
 mod layer;
@@ -27,7 +36,10 @@ mod validator;
 
 pub use self::claims::VerifiedClaims;
 pub use self::future::ResponseFuture;
-pub use self::keys::{Jwks, JwksError, JwksRefreshHandle, KeyError, VerificationKey};
+pub use self::keys::{
+    DEFAULT_FETCH_TIMEOUT, Jwks, JwksError, JwksRefreshHandle, JwksUriError, KeyError,
+    VerificationKey,
+};
 pub use self::layer::RequireBearerLayer;
 pub use self::scopes::ScopeTable;
 pub use self::service::RequireBearer;

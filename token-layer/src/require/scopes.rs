@@ -3,6 +3,10 @@ use http::Method;
 /// Least privilege per route: which scopes and roles a request needs, by path prefix (and
 /// optionally method). The longest matching prefix wins; prefixes match whole path segments
 /// (`/admin` matches `/admin` and `/admin/users`, not `/administrator`).
+///
+/// A rule for `GET` also covers `HEAD`: routers (axum, hyper services) answer `HEAD` with the
+/// `GET` handler, so a `HEAD` request must need what the `GET` would. A rule written for `HEAD`
+/// itself takes precedence over it.
 #[derive(Debug, Clone, Default)]
 pub struct ScopeTable {
     routes: Vec<Route>,
@@ -31,7 +35,8 @@ impl ScopeTable {
         self.push(None, prefix, scopes, Vec::<String>::new())
     }
 
-    /// Requests with `method` under `prefix` need every scope in `scopes`.
+    /// Requests with `method` under `prefix` need every scope in `scopes`. A `GET` rule also
+    /// applies to `HEAD` requests (unless a `HEAD` rule exists for the same prefix).
     pub fn route_method<I: IntoIterator<Item = S>, S: Into<String>>(
         self,
         method: Method,
@@ -67,19 +72,27 @@ impl ScopeTable {
     }
 
     pub(crate) fn lookup(&self, method: &Method, path: &str) -> Option<(&[String], &[String])> {
+        // How closely a route's method fits: 2 for the same method, 1 for a GET rule applied to
+        // HEAD (the GET handler answers it), 0 for an any-method rule.
+        let fit = |r: &Route| match &r.method {
+            None => Some(0u8),
+            Some(m) if m == method => Some(2),
+            Some(m) if *m == Method::GET && *method == Method::HEAD => Some(1),
+            Some(_) => None,
+        };
         self.routes
             .iter()
-            .filter(|r| r.method.as_ref().is_none_or(|m| m == method))
-            .filter(|r| {
+            .filter_map(|r| fit(r).map(|f| (r, f)))
+            .filter(|(r, _)| {
                 r.prefix.is_empty()
                     || path == r.prefix
                     || path
                         .strip_prefix(r.prefix.as_str())
                         .is_some_and(|rest| rest.starts_with('/'))
             })
-            // Longest prefix first; a method-specific route beats an any-method one.
-            .max_by_key(|r| (r.prefix.len(), r.method.is_some()))
-            .map(|r| (r.scopes.as_slice(), r.roles.as_slice()))
+            // Longest prefix first; then the closest method fit.
+            .max_by_key(|(r, f)| (r.prefix.len(), *f))
+            .map(|(r, _)| (r.scopes.as_slice(), r.roles.as_slice()))
     }
 }
 
@@ -112,5 +125,29 @@ mod tests {
             Some(vec!["base".to_owned()])
         );
         assert_eq!(ScopeTable::new().lookup(&Method::GET, "/"), None);
+    }
+
+    #[test]
+    fn a_get_rule_covers_head_and_a_head_rule_wins_over_it() {
+        let t = ScopeTable::new().route("/", ["base"]).route_method(
+            Method::GET,
+            "/reports",
+            ["reports:read"],
+        );
+        let scopes = |m: Method, p: &str| t.lookup(&m, p).map(|r| r.0.to_vec());
+        assert_eq!(
+            scopes(Method::HEAD, "/reports/7"),
+            Some(vec!["reports:read".to_owned()])
+        );
+        // A GET rule does not leak onto other methods.
+        assert_eq!(
+            scopes(Method::POST, "/reports/7"),
+            Some(vec!["base".to_owned()])
+        );
+        let t = t.route_method(Method::HEAD, "/reports", ["reports:head"]);
+        assert_eq!(
+            t.lookup(&Method::HEAD, "/reports").map(|r| r.0.to_vec()),
+            Some(vec!["reports:head".to_owned()])
+        );
     }
 }

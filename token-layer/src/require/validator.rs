@@ -58,6 +58,19 @@ pub enum ValidationError {
     /// The `jti` is on the deny list.
     #[error("token id is on the deny list")]
     Denied,
+    /// The header's `typ` names another kind of JWT (a DPoP proof, a security event, a logout
+    /// token...), or is missing while an `at+jwt` access token is required.
+    #[error(
+        "token type (typ) {} is not accepted: expected an access token ({})",
+        .seen.as_deref().map_or("absent".to_owned(), |t| format!("{t:?}")),
+        if *.at_jwt_required { "at+jwt" } else { "at+jwt, JWT or no typ" }
+    )]
+    WrongType {
+        /// The `typ` seen (sanitised, truncated), if any.
+        seen: Option<String>,
+        /// Whether only `at+jwt` is accepted ([`JwtValidatorBuilder::require_access_token_typ`]).
+        at_jwt_required: bool,
+    },
 }
 
 impl ValidationError {
@@ -75,16 +88,19 @@ impl ValidationError {
             Self::MissingClaim(_) => "missing_claim",
             Self::LifetimeTooLong { .. } => "lifetime_too_long",
             Self::Denied => "jti_denied",
+            Self::WrongType { .. } => "wrong_token_type",
         }
     }
 
     /// Whether this looks like an attack rather than a stale client (forged or confused
-    /// algorithm, bad signature, revoked token).
+    /// algorithm, bad signature, revoked token, another kind of JWT passed off as an access
+    /// token).
     pub fn is_suspicious(&self) -> bool {
-        matches!(
-            self,
-            Self::AlgorithmNotAllowed(_) | Self::BadSignature | Self::Denied
-        )
+        match self {
+            Self::AlgorithmNotAllowed(_) | Self::BadSignature | Self::Denied => true,
+            Self::WrongType { seen, .. } => seen.is_some(),
+            _ => false,
+        }
     }
 }
 
@@ -151,7 +167,16 @@ enum KeySource {
 }
 
 /// Validates JWT access tokens: signature (EdDSA, ES256/384, RS*/PS*, HS*), `exp`, `nbf`,
-/// `iss`, `aud`, a maximum lifetime and an optional `jti` deny list.
+/// `iss`, `aud`, a maximum lifetime, the token type and an optional `jti` deny list.
+///
+/// # Token type (`typ`, RFC 8725 §3.11, RFC 9068 §2.1)
+/// An issuer signs other JWTs than access tokens with the same keys (ID tokens, logout tokens,
+/// security event tokens), and a client signs DPoP proofs; none of them may pass for an access
+/// token. The header's `typ` must be absent, `JWT` or `at+jwt` (also `application/at+jwt`,
+/// compared without regard to case); any other type (`dpop+jwt`, `secevent+jwt`,
+/// `logout+jwt`, `kb+jwt`...) is refused with [`ValidationError::WrongType`], unless named
+/// with [`JwtValidatorBuilder::accept_typ`].
+/// [`JwtValidatorBuilder::require_access_token_typ`] accepts only `at+jwt`.
 #[derive(Clone)]
 pub struct JwtValidator {
     inner: Arc<ValidatorInner>,
@@ -159,6 +184,7 @@ pub struct JwtValidator {
 
 struct ValidatorInner {
     keys: KeySource,
+    typ: TypPolicy,
     algorithms: Vec<Algorithm>,
     validations: Vec<(Algorithm, Validation)>,
     leeway: u64,
@@ -187,6 +213,57 @@ pub struct JwtValidatorBuilder {
     leeway: Option<Duration>,
     max_lifetime: Option<Duration>,
     deny: Option<Box<dyn DenyList>>,
+    typ: TypPolicy,
+}
+
+/// Which header `typ` values pass for an access token.
+#[derive(Debug, Clone, Default)]
+struct TypPolicy {
+    /// Only `at+jwt` (RFC 9068).
+    require_at_jwt: bool,
+    /// Further accepted types, lower case without `application/`.
+    extra: Vec<String>,
+}
+
+impl TypPolicy {
+    /// The media type of `typ` as compared (RFC 7515 §4.1.9: case-insensitive, and
+    /// `application/` may be left out).
+    fn normalise(typ: &str) -> String {
+        let lower = typ.trim().to_ascii_lowercase();
+        match lower.strip_prefix("application/") {
+            Some(rest) => rest.to_owned(),
+            None => lower,
+        }
+    }
+
+    fn check(&self, typ: Option<&str>) -> Result<(), ValidationError> {
+        let refuse = |seen: Option<&str>| ValidationError::WrongType {
+            seen: seen.map(|t| {
+                let mut shown: String = t
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '/'))
+                    .collect();
+                shown.truncate(40);
+                shown
+            }),
+            at_jwt_required: self.require_at_jwt,
+        };
+        let Some(typ) = typ else {
+            return if self.require_at_jwt {
+                Err(refuse(None))
+            } else {
+                Ok(())
+            };
+        };
+        let t = Self::normalise(typ);
+        let accepted =
+            t == "at+jwt" || (!self.require_at_jwt && t == "jwt") || self.extra.contains(&t);
+        if accepted {
+            Ok(())
+        } else {
+            Err(refuse(Some(typ)))
+        }
+    }
 }
 
 impl fmt::Debug for JwtValidatorBuilder {
@@ -264,6 +341,22 @@ impl JwtValidatorBuilder {
         self
     }
 
+    /// Accepts only tokens typed as JWT access tokens, header `typ` `at+jwt` or
+    /// `application/at+jwt` (RFC 9068 §2.1; compared without regard to case). Tokens with no
+    /// `typ`, or `typ: JWT`, are refused then. Use it when the issuer follows RFC 9068.
+    pub fn require_access_token_typ(mut self) -> Self {
+        self.typ.require_at_jwt = true;
+        self
+    }
+
+    /// Also accepts tokens whose header `typ` is `typ` (an issuer's own access-token type,
+    /// compared without regard to case, `application/` optional). Never name the type of
+    /// another kind of JWT (`dpop+jwt`, `secevent+jwt`, `logout+jwt`).
+    pub fn accept_typ(mut self, typ: impl AsRef<str>) -> Self {
+        self.typ.extra.push(TypPolicy::normalise(typ.as_ref()));
+        self
+    }
+
     /// Builds the validator.
     ///
     /// # Errors
@@ -317,6 +410,7 @@ impl JwtValidatorBuilder {
         Ok(JwtValidator {
             inner: Arc::new(ValidatorInner {
                 keys,
+                typ: self.typ,
                 algorithms,
                 validations,
                 leeway,
@@ -353,13 +447,22 @@ fn map_jwt_error(kind: &ErrorKind) -> ValidationError {
     }
 }
 
-/// Reads `alg` and `kid` from the header without trusting anything else.
-fn peek_header(token: &str) -> Result<(Algorithm, Option<String>), ValidationError> {
+/// The header fields read before the signature is checked.
+struct Peeked {
+    alg: Algorithm,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+/// Reads `alg`, `kid` and `typ` from the header without trusting anything else.
+fn peek_header(token: &str) -> Result<Peeked, ValidationError> {
     #[derive(serde::Deserialize)]
     struct Head {
         alg: String,
         #[serde(default)]
         kid: Option<String>,
+        #[serde(default)]
+        typ: Option<String>,
     }
     let mut parts = token.split('.');
     let (Some(h), Some(_), Some(_), None) =
@@ -380,7 +483,11 @@ fn peek_header(token: &str) -> Result<(Algorithm, Option<String>), ValidationErr
         shown.truncate(16);
         ValidationError::AlgorithmNotAllowed(shown)
     })?;
-    Ok((alg, head.kid))
+    Ok(Peeked {
+        alg,
+        kid: head.kid,
+        typ: head.typ,
+    })
 }
 
 fn now_unix() -> u64 {
@@ -413,7 +520,8 @@ impl JwtValidator {
         if token.len() > MAX_TOKEN_LEN {
             return Err(ValidationError::Malformed);
         }
-        let (alg, kid) = peek_header(token)?;
+        let Peeked { alg, kid, typ } = peek_header(token)?;
+        self.inner.typ.check(typ.as_deref())?;
         let Some(validation) = self
             .inner
             .validations
