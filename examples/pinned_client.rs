@@ -18,6 +18,11 @@ use testkit::server::{TestServer, server_config};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    run().await
+}
+
+/// Runs the example (also run by `tests/examples.rs`); fails with the step that differed.
+pub(crate) async fn run() -> ExitCode {
     // The API's real certificates, and a proxy that mints its own for any host.
     let api = TestPki::named("Example API");
     let proxy = TestPki::named("Corporate Proxy");

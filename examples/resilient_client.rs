@@ -65,6 +65,11 @@ fn respond(status: StatusCode, body: &str) -> Response<Body> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    run().await
+}
+
+/// Runs the example (also run by `tests/examples.rs`); fails with the step that differed.
+pub(crate) async fn run() -> Result<(), BoxError> {
     // --- A flaky upstream: /flaky fails twice (the second time with Retry-After: 1),
     // /orders fails its first two requests, /down is always down, /login always 401. ---
     let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -155,21 +160,46 @@ async fn main() -> Result<(), BoxError> {
         }
     };
 
+    // How many requests the flaky server saw on `path`.
+    let served = |path: &str| {
+        seen.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    };
+
     println!("1. GET /flaky: 503, 503 with Retry-After: 1, then 200");
     let (res, took) = call(Method::GET, flaky_addr, "/flaky", None).await;
-    println!("   -> {} after {took:.1?}\n", res?.status());
+    let status = res?.status();
+    println!("   -> {status} after {took:.1?}\n");
+    check(status == StatusCode::OK, "1: /flaky ends in 200")?;
+    check(served("/flaky") == 3, "1: /flaky took three attempts")?;
+    check(
+        took >= Duration::from_secs(1),
+        "1: Retry-After: 1 was waited",
+    )?;
 
     println!("2. POST /orders without an Idempotency-Key: sent once, never replayed");
     let (res, _) = call(Method::POST, flaky_addr, "/orders", None).await;
-    println!("   -> {}\n", res?.status());
+    let status = res?.status();
+    println!("   -> {status}\n");
+    check(status == StatusCode::BAD_GATEWAY, "2: the 502 comes back")?;
+    check(served("/orders") == 1, "2: the POST was sent once")?;
 
     println!("3. POST /orders with an Idempotency-Key: the buffered body is replayed");
     let (res, _) = call(Method::POST, flaky_addr, "/orders", Some("order-7f3a")).await;
-    println!("   -> {}\n", res?.status());
+    let status = res?.status();
+    println!("   -> {status}\n");
+    check(status == StatusCode::OK, "3: the replayed POST succeeds")?;
+    check(served("/orders") == 3, "3: the POST was replayed once")?;
 
     println!("4. GET /login: 401 is a security rejection, final at once");
     let (res, _) = call(Method::GET, flaky_addr, "/login", None).await;
-    println!("   -> {}\n", res?.status());
+    let status = res?.status();
+    println!("   -> {status}\n");
+    check(status == StatusCode::UNAUTHORIZED, "4: the 401 comes back")?;
+    check(served("/login") == 1, "4: the 401 was not retried")?;
 
     println!("5. GET /down through a circuit breaker until it opens (500s feed it, 401s never)");
     let guarded = ServiceBuilder::new()
@@ -182,23 +212,41 @@ async fn main() -> Result<(), BoxError> {
                 .build(),
         )
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>());
+    let mut fast_failures = 0;
     for i in 1..=5 {
         let path = if i == 1 { "/login" } else { "/down" };
         let req = Request::get(format!("http://{flaky_addr}{path}")).body(Body::default())?;
+        let before = served("/down");
         match guarded.clone().oneshot(req).await {
             Ok(res) => println!("   GET {path} -> {}", res.status()),
-            Err(err) if err.is::<CircuitOpen>() => println!("   GET {path} -> fails fast: {err}"),
-            Err(err) => println!("   GET {path} -> error: {err}"),
+            Err(err) if err.is::<CircuitOpen>() => {
+                println!("   GET {path} -> fails fast: {err}");
+                check(
+                    served("/down") == before,
+                    "5: an open circuit sends nothing",
+                )?;
+                fast_failures += 1;
+            }
+            Err(err) => return Err(format!("5: GET {path} failed: {err}").into()),
         }
     }
+    check(fast_failures > 0, "5: the 500s opened the circuit")?;
 
     println!("\n6. Five quick GETs to the rate-limited API (3 per 10 s per client IP)");
     let limited_client = ServiceBuilder::new()
         .layer(RetryLayer::new().max_attempts(1))
         .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>());
+    let mut statuses = Vec::new();
     for i in 1..=5 {
         let req = Request::get(format!("http://{api_addr}/data")).body(Body::default())?;
         let res = limited_client.clone().oneshot(req).await?;
+        statuses.push(res.status());
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            check(
+                res.headers().contains_key("retry-after"),
+                "6: a 429 says when to come back",
+            )?;
+        }
         let h = |name: &str| {
             res.headers()
                 .get(name)
@@ -214,5 +262,25 @@ async fn main() -> Result<(), BoxError> {
             h("retry-after"),
         );
     }
+    check(
+        statuses
+            == [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS,
+                StatusCode::TOO_MANY_REQUESTS,
+            ],
+        "6: three requests pass, then 429",
+    )?;
     Ok(())
+}
+
+/// `Err(step)` unless `ok`: the example fails with the step whose outcome differed.
+fn check(ok: bool, step: &str) -> Result<(), BoxError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("check failed: {step}").into())
+    }
 }

@@ -115,6 +115,11 @@ async fn token_endpoint(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
+    run().await
+}
+
+/// Runs the example (also run by `tests/examples.rs`); fails with the step that differed.
+pub(crate) async fn run() -> Result<(), BoxError> {
     // --- Token endpoint. ---
     let issuer = Arc::new(Mutex::new(Issuer {
         live: Some("rt-0-initial".into()),

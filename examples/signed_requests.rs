@@ -23,6 +23,11 @@ type Body = Full<Bytes>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
+    run().await
+}
+
+/// Runs the example (also run by `tests/examples.rs`); fails with the step that differed.
+pub(crate) async fn run() -> Result<(), BoxError> {
     // The device key lives on the client; the server knows its public half by key id.
     let device_key = SigningKey::generate_ed25519("device-42")?;
     let keys = StaticKeys::new().with("device-42", device_key.verifying_key());

@@ -51,6 +51,19 @@ pub enum BuildError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The audit log path is not a regular file: a symbolic link (never followed, so whoever
+    /// can write to the log's directory cannot redirect the log into another file), a FIFO
+    /// or a device.
+    #[error(
+        "refusing audit log {}: it is {what}; expected a regular file (symbolic links are never followed)",
+        path.display()
+    )]
+    UnsafeLog {
+        /// The file.
+        path: PathBuf,
+        /// What is there instead: "a symbolic link", "not a regular file".
+        what: &'static str,
+    },
 }
 
 const MAX_PENDING: usize = 1024;

@@ -86,6 +86,11 @@ pub mod field {
     /// Summary of the security events a request raised, as `action:outcome` items separated
     /// by commas (request records in the `tracing` pipeline).
     pub const REQUEST_EVENTS: &str = "portcullis.events";
+    /// What went wrong, for a person to read (no secret ever goes here).
+    pub const ERROR_MESSAGE: &str = "error.message";
+    /// Number of failures an event stands for, when repeats are folded into one event
+    /// (audit sink failures).
+    pub const FAILURE_COUNT: &str = "portcullis.failure.count";
     /// The `tracing` message field.
     pub const MESSAGE: &str = "message";
 
@@ -165,6 +170,9 @@ pub mod action {
     pub const ANOMALY: &str = "anomaly.detected";
     /// A request refused by the [`EnforceLayer`](crate::EnforceLayer).
     pub const ENFORCE: &str = "policy.enforce";
+    /// An audit sink failed to write entries (raised by
+    /// [`JsonLinesFile`](crate::JsonLinesFile), at most once a minute).
+    pub const SINK_WRITE: &str = "audit.sink.write";
 }
 
 /// Values of `event.reason` the detector recognizes (on failures, whatever the action).
@@ -186,6 +194,10 @@ pub mod reason {
     pub const BLOCKED: &str = "blocked";
     /// A request refused because its identity or peer is throttled.
     pub const THROTTLED: &str = "throttled";
+    /// An audit sink could not write: an I/O error (a full disk, a removed directory).
+    pub const IO_ERROR: &str = "io_error";
+    /// An audit log path was refused: a symbolic link or not a regular file.
+    pub const UNSAFE_PATH: &str = "unsafe_path";
 }
 
 /// Longest string value kept in a [`SecurityEvent`], in bytes; longer values are cut.

@@ -9,7 +9,7 @@ use http::Request;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use tower_layer::Layer;
 use tower_service::Service;
 use webpki::KeyUsage;
@@ -39,6 +39,7 @@ impl PinnedClientVerifier {
         PinnedClientVerifierBuilder {
             pins: pins.into_iter().collect(),
             roots: Vec::new(),
+            crls: Vec::new(),
             mode: Mode::Enforce,
             position: Position::Any,
             allow_single_pin: false,
@@ -51,6 +52,7 @@ impl PinnedClientVerifier {
 pub struct PinnedClientVerifierBuilder {
     pins: Vec<Pin>,
     roots: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
     mode: Mode,
     position: Position,
     allow_single_pin: bool,
@@ -62,6 +64,7 @@ impl fmt::Debug for PinnedClientVerifierBuilder {
         f.debug_struct("PinnedClientVerifierBuilder")
             .field("pins", &self.pins)
             .field("roots", &self.roots.len())
+            .field("crls", &self.crls.len())
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +76,25 @@ impl PinnedClientVerifierBuilder {
         certs: impl IntoIterator<Item = CertificateDer<'static>>,
     ) -> Self {
         self.roots.extend(certs);
+        self
+    }
+
+    /// Checks the client's chain against these certificate revocation lists (every
+    /// certificate of the chain but the root), as rustls' `WebPkiClientVerifier` builder
+    /// does with `with_crls`: a stolen client certificate is refused once its issuer's CRL
+    /// lists it, with no change to the pins or the roots.
+    ///
+    /// # Security
+    /// Once CRLs are given, a chain certificate whose status no CRL covers (its issuer's CRL
+    /// is missing) is refused with `CertificateError::UnknownRevocationStatus`: give the CRL
+    /// of every issuing CA, not only the one that revoked something. A revoked certificate
+    /// is refused with `CertificateError::Revoked` (the client receives a
+    /// `certificate_revoked` alert), even when its key is pinned.
+    pub fn crls(
+        mut self,
+        crls: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+    ) -> Self {
+        self.crls.extend(crls);
         self
     }
 
@@ -109,7 +131,7 @@ impl PinnedClientVerifierBuilder {
     /// Builds the verifier.
     ///
     /// # Errors
-    /// No roots, an invalid root, or the backup-pin rule.
+    /// No roots, an invalid root, an unparsable CRL, or the backup-pin rule.
     pub fn build(self) -> Result<Arc<PinnedClientVerifier>, BuildError> {
         if self.roots.is_empty() {
             return Err(BuildError::NoRoots);
@@ -135,7 +157,7 @@ impl PinnedClientVerifierBuilder {
         let shared = Shared::new(
             anchors,
             anchor_certs,
-            Vec::new(),
+            self.crls,
             provider.signature_verification_algorithms,
             policy,
             self.observers,

@@ -248,12 +248,17 @@ async fn appended_unrelated_pinned_certificate_is_refused() {
     let err = get(&client(&tls), &server.url("/")).await.unwrap_err();
     let failure = pin_failure(&err);
     // The verified chain in the message is the attacker's, not what was appended.
-    assert!(
-        failure
-            .chain()
-            .iter()
-            .all(|l| l.spki_pin != pin(&real.intermediate.spki_pin()))
+    let chain: Vec<Pin> = failure.chain().iter().map(|l| l.spki_pin).collect();
+    assert_eq!(
+        chain,
+        [
+            pin(&rogue.leaf.spki_pin()),
+            pin(&rogue.intermediate.spki_pin()),
+            pin(&rogue.root.spki_pin())
+        ],
+        "{failure}"
     );
+    assert!(!chain.contains(&pin(&real.intermediate.spki_pin())));
     assert_eq!(server.requests(), 0);
 }
 
@@ -378,10 +383,11 @@ async fn report_only_passes_and_reports_once_per_distinct_violation() {
         let res = get(&client(&tls), &server.url("/")).await.unwrap();
         assert_eq!(res.status(), 200);
         let peer = res.extensions().get::<PinnedPeer>().unwrap();
-        if let Some(check) = peer.check() {
-            assert_eq!(check.mode(), Some(Mode::ReportOnly));
-            assert!(check.matched_pin().is_none());
-        }
+        let check = peer
+            .check()
+            .expect("a reported connection carries the check of its handshake");
+        assert_eq!(check.mode(), Some(Mode::ReportOnly));
+        assert!(check.matched_pin().is_none());
     }
     assert!(!violations.lock().unwrap().is_empty());
     let reports = reports.lock().unwrap();
@@ -571,12 +577,21 @@ async fn tls12_and_13_with_post_quantum_key_exchange_by_default() {
         .tls13_only()
         .build()
         .unwrap();
+    let err = only13
+        .connector()
+        .connect(old.url("/").parse().unwrap())
+        .await
+        .unwrap_err();
+    // Refused on the version, before any certificate is looked at.
+    assert_eq!(old.accepted(), 1);
+    assert_eq!(old.handshakes(), 0);
+    let rustls_err = err.tls_error().unwrap_or_else(|| panic!("{err}"));
     assert!(
-        only13
-            .connector()
-            .connect(old.url("/").parse().unwrap())
-            .await
-            .is_err()
+        matches!(
+            rustls_err,
+            rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion)
+        ),
+        "{rustls_err:?}"
     );
     // The default accepts TLS 1.2 (still pinned).
     let s = tls
@@ -742,11 +757,141 @@ async fn expiry_warning_event_is_emitted_once_as_the_date_approaches() {
     assert_eq!(text.matches("tls.pin.expiry_warning").count(), 1, "{text}");
 }
 
+/// An HTTP/1.1 mTLS server on loopback whose client certificates go through `verifier`; it
+/// answers with the verified [`PeerIdentity`](portcullis_pin::PeerIdentity) as
+/// `pin|subject|sans`, and hands each refused handshake's error to the test.
+struct MtlsServer {
+    url: String,
+    refused: tokio::sync::mpsc::UnboundedReceiver<std::io::Error>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MtlsServer {
+    async fn start(
+        verifier: Arc<portcullis_pin::PinnedClientVerifier>,
+        server_pki: &TestPki,
+    ) -> Self {
+        use hyper_util::rt::TokioIo;
+        use portcullis_pin::{PeerIdentity, PeerIdentityLayer};
+        use tower::ServiceBuilder;
+
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(server_pki.server_chain(), server_pki.leaf.key_der())
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (refused_tx, refused) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let refused_tx = refused_tx.clone();
+                tokio::spawn(async move {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(tls) => tls,
+                        Err(e) => {
+                            let _ = refused_tx.send(e);
+                            return;
+                        }
+                    };
+                    let svc = ServiceBuilder::new()
+                        .layer(PeerIdentityLayer::from_connection(tls.get_ref().1))
+                        .service(tower::service_fn(|req: Request<Incoming>| async move {
+                            let id = req.extensions().get::<PeerIdentity>().cloned();
+                            let body = match id {
+                                Some(id) => format!(
+                                    "{}|{}|{}",
+                                    id.spki_pin(),
+                                    id.subject(),
+                                    id.sans().join(",")
+                                ),
+                                None => "anonymous".into(),
+                            };
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(Bytes::from(body)),
+                            ))
+                        }));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            TokioIo::new(tls),
+                            hyper_util::service::TowerToHyperService::new(svc),
+                        )
+                        .await;
+                });
+            }
+        });
+        Self {
+            url: format!("https://localhost:{}/", addr.port()),
+            refused,
+            task,
+        }
+    }
+
+    /// The error of the next refused handshake (waits up to 10 s for it).
+    async fn next_refusal(&mut self) -> std::io::Error {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.refused.recv())
+            .await
+            .expect("the server refused a handshake")
+            .expect("server running")
+    }
+}
+
+impl Drop for MtlsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A client that trusts `server_pki` and presents `leaf` (issued by `client_ca`).
+fn mtls_client(
+    server_pki: &TestPki,
+    client_ca: &Authority,
+    leaf: &testkit::pki::Issued,
+) -> HttpClient {
+    let tls = PinnedTls::builder(PinPolicy::empty())
+        .root_certificates([server_pki.root.cert()])
+        .unwrap()
+        .client_auth_cert(vec![leaf.cert.clone(), client_ca.cert()], leaf.key_der())
+        .build()
+        .unwrap();
+    client(&tls)
+}
+
+/// The rustls error inside an I/O error (what tokio-rustls returns for a failed handshake).
+fn rustls_error(io: &std::io::Error) -> &rustls::Error {
+    io.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .unwrap_or_else(|| panic!("not a rustls error: {io:?}"))
+}
+
+/// The TLS alert the peer sent, found in `err` or its sources (inside I/O errors too).
+fn alert_received(err: &(dyn std::error::Error + 'static)) -> Option<rustls::AlertDescription> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return Some(*a);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(rustls::Error::AlertReceived(a)) =
+                io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(*a);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+async fn body_text(res: Response<Incoming>) -> String {
+    String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
 #[tokio::test]
 async fn mtls_peer_pin_accepted_and_refused() {
-    use hyper_util::rt::TokioIo;
-    use portcullis_pin::{PeerIdentity, PeerIdentityLayer, PinnedClientVerifier};
-    use tower::ServiceBuilder;
+    use portcullis_pin::PinnedClientVerifier;
 
     let server_pki = TestPki::new();
     let client_ca = Authority::root("Device CA");
@@ -757,68 +902,121 @@ async fn mtls_peer_pin_accepted_and_refused() {
         .root_certificates([client_ca.cert()])
         .build()
         .unwrap();
-    let mut config = rustls::ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(server_pki.server_chain(), server_pki.leaf.key_der())
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = ServiceBuilder::new()
-                    .layer(PeerIdentityLayer::from_connection(tls.get_ref().1))
-                    .service(tower::service_fn(|req: Request<Incoming>| async move {
-                        let id = req.extensions().get::<PeerIdentity>().cloned();
-                        let body = match id {
-                            Some(id) => format!(
-                                "{}|{}|{}",
-                                id.spki_pin(),
-                                id.subject(),
-                                id.sans().join(",")
-                            ),
-                            None => "anonymous".into(),
-                        };
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from(body),
-                        )))
-                    }));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(
-                        TokioIo::new(tls),
-                        hyper_util::service::TowerToHyperService::new(svc),
-                    )
-                    .await;
-            });
-        }
-    });
-    let url = format!("https://localhost:{}/", addr.port());
+    let mut server = MtlsServer::start(verifier, &server_pki).await;
 
-    let as_client = |leaf: &testkit::pki::Issued| {
-        PinnedTls::builder(PinPolicy::empty())
-            .root_certificates([server_pki.root.cert()])
-            .unwrap()
-            .client_auth_cert(vec![leaf.cert.clone(), client_ca.cert()], leaf.key_der())
-            .build()
-            .unwrap()
-    };
-    let res = get(&client(&as_client(&device)), &url).await.unwrap();
-    let body =
-        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let res = get(&mtls_client(&server_pki, &client_ca, &device), &server.url)
+        .await
+        .unwrap();
+    let body = body_text(res).await;
     assert!(body.starts_with(&device.spki_pin()), "{body}");
     assert!(body.contains("CN=device-42.example.com"), "{body}");
     assert!(body.contains("DNS:device-42.example.com"), "{body}");
 
-    let err = get(&client(&as_client(&stranger)), &url).await;
-    assert!(err.is_err(), "an unpinned client key is refused");
-    server.abort();
+    // A client whose certificate is valid (same CA) but whose key is not pinned.
+    let err = get(
+        &mtls_client(&server_pki, &client_ca, &stranger),
+        &server.url,
+    )
+    .await
+    .unwrap_err();
+    // The server refused it on the pins: the failure names the stranger's key and the pins.
+    let refused = server.next_refusal().await;
+    let failure = PinFailure::find(&refused)
+        .unwrap_or_else(|| panic!("expected a pin failure, got {refused:?}"));
+    assert_eq!(
+        failure.chain().first().map(|l| l.spki_pin),
+        Some(pin(&stranger.spki_pin())),
+        "{failure}"
+    );
+    assert!(failure.pins().contains(&pin(&device.spki_pin())));
+    // And the client was told so (rustls answers a verifier's own error with this alert).
+    assert_eq!(
+        alert_received(&err),
+        Some(rustls::AlertDescription::CertificateUnknown),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn mtls_revoked_client_certificate_is_refused_when_crls_are_given() {
+    use portcullis_pin::PinnedClientVerifier;
+
+    let server_pki = TestPki::new();
+    let client_ca = Authority::root("Device CA");
+    let device = client_ca.issue(&LeafSpec::client("device-1.example.com").with_serial(0x0101));
+    let stolen = client_ca.issue(&LeafSpec::client("device-2.example.com").with_serial(0x0202));
+    // The CA key is pinned: every device of the fleet passes the pins, so a stolen device
+    // certificate can only be refused by revoking it.
+    let pins = [pin(&client_ca.spki_pin()), pin(&unused_pin())];
+    let verifier = |crls: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>| {
+        PinnedClientVerifier::builder(pins)
+            .root_certificates([client_ca.cert()])
+            .crls(crls)
+            .build()
+            .unwrap()
+    };
+
+    // Control: without a CRL the stolen certificate is accepted.
+    let open = MtlsServer::start(verifier(Vec::new()), &server_pki).await;
+    let res = get(&mtls_client(&server_pki, &client_ca, &stolen), &open.url)
+        .await
+        .unwrap();
+    assert!(body_text(res).await.contains("CN=device-2.example.com"));
+    drop(open);
+
+    let mut server = MtlsServer::start(verifier(vec![client_ca.crl(&[0x0202])]), &server_pki).await;
+    // The revoked certificate is refused with the revocation reason, on both sides.
+    let err = get(&mtls_client(&server_pki, &client_ca, &stolen), &server.url)
+        .await
+        .unwrap_err();
+    let refused = server.next_refusal().await;
+    assert!(
+        matches!(
+            rustls_error(&refused),
+            rustls::Error::InvalidCertificate(CertificateError::Revoked)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        alert_received(&err),
+        Some(rustls::AlertDescription::CertificateRevoked),
+        "{err:?}"
+    );
+    // A certificate the CRL does not list passes, with its identity.
+    let res = get(&mtls_client(&server_pki, &client_ca, &device), &server.url)
+        .await
+        .unwrap();
+    let body = body_text(res).await;
+    assert!(body.starts_with(&device.spki_pin()), "{body}");
+    assert!(body.contains("CN=device-1.example.com"), "{body}");
+
+    // A CRL from another CA covers nothing of the client's chain: status unknown, refused.
+    let other_ca = Authority::root("Other CA");
+    let mut unknown = MtlsServer::start(verifier(vec![other_ca.crl(&[])]), &server_pki).await;
+    get(&mtls_client(&server_pki, &client_ca, &device), &unknown.url)
+        .await
+        .unwrap_err();
+    let refused = unknown.next_refusal().await;
+    assert!(
+        matches!(
+            rustls_error(&refused),
+            rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)
+        ),
+        "{refused:?}"
+    );
+
+    // An unparsable CRL is a build error, not a verifier that accepts everyone.
+    let err = PinnedClientVerifier::builder(pins)
+        .root_certificates([client_ca.cert()])
+        .crls([rustls_pki_types::CertificateRevocationListDer::from(vec![
+            0x30, 0x03, 1, 2, 3,
+        ])])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, portcullis_pin::BuildError::InvalidCrl(_)),
+        "{err:?}"
+    );
 }
 
 struct Logs(Arc<Mutex<Vec<u8>>>);

@@ -49,31 +49,56 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Runs `openssl args` with `stdin` as its input; panics unless it exits with status 0 and
+/// prints something, so an openssl failure can never pass for a result.
+fn openssl(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run openssl {args:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty(), "openssl {args:?} printed nothing");
+    out.stdout
+}
+
+/// `openssl x509 -pubkey | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary |
+/// openssl base64`, each step checked.
 fn openssl_spki_pin(cert_pem: &Path) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
-            cert_pem.display()
-        ))
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_owned()
+    let pem = std::fs::read(cert_pem).unwrap();
+    let pubkey = openssl(&["x509", "-pubkey", "-noout"], &pem);
+    let spki = openssl(&["pkey", "-pubin", "-outform", "der"], &pubkey);
+    let digest = openssl(&["dgst", "-sha256", "-binary"], &spki);
+    assert_eq!(digest.len(), 32, "a SHA-256 digest");
+    text(&openssl(&["base64", "-A"], &digest)).trim().to_owned()
 }
 
 fn openssl_fingerprint(cert_pem: &Path) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
-        .arg(cert_pem)
-        .output()
-        .expect("openssl");
-    text(&out.stdout)
+    let pem = std::fs::read(cert_pem).unwrap();
+    let out = text(&openssl(
+        &["x509", "-noout", "-fingerprint", "-sha256"],
+        &pem,
+    ));
+    // `sha256 Fingerprint=AB:CD:...`
+    let (_, hex) = out
         .trim()
-        .rsplit('=')
-        .next()
-        .unwrap()
-        .to_owned()
+        .split_once('=')
+        .unwrap_or_else(|| panic!("unexpected openssl output: {out}"));
+    assert_eq!(hex.len(), 32 * 3 - 1, "{out}");
+    hex.to_owned()
 }
 
 #[test]

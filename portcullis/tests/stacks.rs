@@ -264,29 +264,49 @@ async fn server_requires_the_client_certificate_and_client_requires_pinned_tls()
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = portcullis::server::builder().service(service_fn(|_req: Request<_>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = portcullis::server::builder().service(service_fn(move |_req: Request<_>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
     }));
     let serving = tokio::spawn(portcullis::server::serve_tls(
         listener,
         Arc::new(config),
         app,
     ));
+    let client_with = |cert: Option<&testkit::pki::Issued>| {
+        let mut tls = PinnedTls::builder(PinPolicy::builder().build().unwrap())
+            .root_certificates([pki.root.cert()])
+            .unwrap();
+        if let Some(leaf) = cert {
+            tls = tls.client_auth_cert(vec![leaf.cert.clone(), clients.cert()], leaf.key_der());
+        }
+        portcullis::client::builder()
+            .pinned(tls.build().unwrap())
+            .build::<Full<Bytes>>()
+            .unwrap()
+    };
+    let req = || {
+        Request::get(format!("https://localhost:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
 
-    // Without a client certificate the handshake fails: the request never runs.
-    let tls = PinnedTls::builder(PinPolicy::builder().build().unwrap())
-        .root_certificates([pki.root.cert()])
-        .unwrap()
-        .build()
-        .unwrap();
-    let client = portcullis::client::builder()
-        .pinned(tls)
-        .build::<Full<Bytes>>()
-        .unwrap();
-    let req = Request::get(format!("https://localhost:{port}/"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    assert!(client.oneshot(req).await.is_err());
+    // Without a client certificate the handshake fails: the server asks for the certificate
+    // it did not get (TLS 1.3 `certificate_required`), and the request never runs.
+    let err = client_with(None).oneshot(req()).await.unwrap_err();
+    assert!(
+        refused_with_alert(&err, rustls::AlertDescription::CertificateRequired),
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    // Control: the same client with a certificate from the trusted device CA gets through.
+    let device = clients.issue(&LeafSpec::client("device-7.example.com"));
+    let res = client_with(Some(&device)).oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     // A preset client never falls back to unpinned TLS.
     let err = portcullis::client::builder()
@@ -457,4 +477,29 @@ async fn mtls_identity_step_refuses_missing_and_unlisted_client_certificates() {
     assert_eq!(call(Some(&allowed)).await, (StatusCode::OK, None));
     assert_eq!(reached.load(Ordering::SeqCst), 1);
     serving.abort();
+}
+
+/// Whether the peer refused the connection with `alert`: a `rustls::Error::AlertReceived` in
+/// `err` or its sources (inside I/O errors too). Over HTTP/2, h2 keeps only the kind and the
+/// message of the I/O errors it sees, so there the rustls error survives as its message.
+fn refused_with_alert(
+    err: &(dyn std::error::Error + 'static),
+    alert: rustls::AlertDescription,
+) -> bool {
+    let message = rustls::Error::AlertReceived(alert).to_string();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return *a == alert;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if inner.to_string() == message || refused_with_alert(inner, alert) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
 }

@@ -1,5 +1,5 @@
 //! Circuit breaker transitions on a paused clock: closed, open, half-open, closed again; and
-//! security rejections that never trip it.
+//! security rejections that never trip it, hand-made and from real TLS handshakes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -228,4 +228,108 @@ async fn per_authority_breakers_isolate_a_failing_host() {
     }
     assert_eq!(svc.state_of(&b), CircuitState::Closed);
     assert_eq!(calls.load(Ordering::SeqCst), 14);
+}
+
+/// A hyper HTTP/1.1 client over real TLS (tokio-rustls, rustls' own verifier) that dials
+/// `addr` for every call (a fresh connection and handshake each time) and trusts only `roots`.
+fn tls_client(
+    addr: std::net::SocketAddr,
+    roots: rustls::RootCertStore,
+) -> impl Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone {
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    service_fn(move |req: Request<()>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls_pki_types::ServerName::try_from("localhost")?;
+            let tls = connector.connect(name, tcp).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+            tokio::spawn(conn);
+            let req = req.map(|()| http_body_util::Empty::<bytes::Bytes>::new());
+            let res = sender.send_request(req).await?;
+            Ok::<_, BoxError>(res.map(|_| ()))
+        }
+    })
+}
+
+/// The certificate error of a failed handshake, found in `err` or its sources.
+fn certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<rustls::CertificateError> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::InvalidCertificate(c)) = e.downcast_ref::<rustls::Error>() {
+            return Some(c.clone());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(rustls::Error::InvalidCertificate(c)) =
+                io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(c.clone());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[tokio::test]
+async fn real_tls_certificate_failures_never_trip_the_breaker() {
+    use testkit::pki::TestPki;
+    use testkit::server::{TestServer, server_config};
+
+    testkit::install_default_provider();
+    let pki = TestPki::new();
+    let server = TestServer::https(server_config(pki.server_chain(), pki.leaf.key_der())).await;
+    // Control: a client that trusts the server's root gets its answers through the breaker.
+    let mut trusting = ServiceBuilder::new()
+        .layer(breaker())
+        .service(tls_client(server.addr(), pki.root_store()));
+    assert_eq!(call(&mut trusting).await.unwrap().status(), 200);
+
+    // A client that trusts another CA: every handshake fails on the certificate.
+    let other = TestPki::named("Other");
+    let mut svc = ServiceBuilder::new()
+        .layer(breaker())
+        .service(tls_client(server.addr(), other.root_store()));
+    for i in 0..20 {
+        let err = call(&mut svc).await.unwrap_err();
+        assert!(!err.is::<CircuitOpen>(), "call {i} failed fast: {err}");
+        assert_eq!(
+            certificate_error(&*err),
+            Some(rustls::CertificateError::UnknownIssuer),
+            "call {i}: {err:?}"
+        );
+        assert!(portcullis_retry::classify::is_security_failure(&*err));
+    }
+    assert_eq!(svc.state(), CircuitState::Closed);
+    assert_eq!(
+        server.accepted(),
+        21,
+        "every call reached the server and failed in its own handshake"
+    );
+    assert_eq!(
+        server.requests(),
+        1,
+        "only the control's request was served"
+    );
+
+    // Control: real transport failures (a port nobody listens on) do open it.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut refused = ServiceBuilder::new()
+        .layer(breaker())
+        .service(tls_client(closed, pki.root_store()));
+    for _ in 0..4 {
+        let err = call(&mut refused).await.unwrap_err();
+        assert!(
+            portcullis_retry::classify::is_transport_error(&*err),
+            "{err:?}"
+        );
+    }
+    assert_eq!(refused.state(), CircuitState::Open);
+    assert!(call(&mut refused).await.unwrap_err().is::<CircuitOpen>());
 }

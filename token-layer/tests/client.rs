@@ -590,13 +590,10 @@ const CRASH_DIR: &str = "PORTCULLIS_TOKEN_CRASH_DIR";
 const CRASH_URL: &str = "PORTCULLIS_TOKEN_CRASH_URL";
 const CRASH_KEY: [u8; 32] = [0x42; 32];
 
-/// Child half of the crash test: rotates tokens in a loop until killed. Does nothing when run
-/// as a normal test.
-#[tokio::test]
-async fn crash_child_process() {
-    let (Ok(dir), Ok(url)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_URL)) else {
-        return;
-    };
+/// Child half of the crash test, not a test itself: the crash test re-runs this binary (its
+/// own test only, with [`CRASH_DIR`] and [`CRASH_URL`] set) and lands here, rotating tokens in
+/// a loop until the parent kills it.
+async fn crash_child_process(dir: String, url: String) -> ! {
     let store = FileStore::open(
         std::path::Path::new(&dir).join("tokens.pcs"),
         FileKey::raw(CRASH_KEY),
@@ -619,6 +616,9 @@ async fn crash_child_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
+    if let (Ok(dir), Ok(url)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_URL)) {
+        crash_child_process(dir, url).await;
+    }
     let dir = std::env::temp_dir().join(format!("portcullis-crash-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tokens.pcs");
@@ -650,7 +650,7 @@ async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
         let mut child = std::process::Command::new(&exe)
             .args([
                 "--exact",
-                "crash_child_process",
+                "killing_the_process_mid_rotation_leaves_a_usable_refresh_token",
                 "--nocapture",
                 "--test-threads=1",
             ])
