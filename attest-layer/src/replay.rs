@@ -348,14 +348,17 @@ impl ReplayCache for MemoryReplayCache {
 }
 
 #[cfg(feature = "redis")]
-pub use self::redis_cache::RedisReplayCache;
+pub use self::redis_cache::{RedisConnectError, RedisReplayCache, RedisReplayCacheBuilder};
 
 #[cfg(feature = "redis")]
 mod redis_cache {
     use super::{Quota, ReplayCache, ReplayError, ReplayFuture};
+    use std::collections::HashMap;
     use std::fmt;
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
     /// Records the key and counts it against its partition and the total, atomically.
     ///
@@ -385,6 +388,106 @@ if redis.call('PTTL', KEYS[3]) < ttl then redis.call('PEXPIRE', KEYS[3], ttl) en
 return {1, 0}
 ";
 
+    /// The default bound on one insert, waiting for a reconnection included.
+    const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+    /// Why [`RedisReplayCache`] refused to start.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum RedisConnectError {
+        /// The URL is not a Redis URL (the message never repeats it: it may hold a password).
+        #[error("redis replay cache url is invalid: {0}; expected redis://host:port/db")]
+        InvalidUrl(String),
+        /// Redis could not be reached, or did not answer within the call timeout.
+        #[error("redis replay cache cannot reach the server: {0}")]
+        Unreachable(String),
+        /// The server evicts keys under memory pressure (`maxmemory-policy` is not
+        /// `noeviction`): a live replay entry could be dropped early and its message
+        /// accepted a second time.
+        #[error(
+            "redis maxmemory-policy is {policy:?}, which may evict live replay entries and \
+             reopen the replay window; set `maxmemory-policy noeviction` (a full Redis then \
+             refuses writes and the verifier fails closed), or accept the risk with \
+             `RedisReplayCacheBuilder::allow_evicting_server`"
+        )]
+        EvictionPolicy {
+            /// The server's policy, such as `allkeys-lru`.
+            policy: String,
+        },
+    }
+
+    /// How the connection manager reconnects: quickly, then at most one second apart, one
+    /// attempt never longer than a second.
+    fn manager_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            // Every call is bounded by the cache's own timeout, which also replaces a
+            // connection that stopped answering (the manager only reconnects on errors).
+            .set_response_timeout(None)
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+    }
+
+    /// A self-healing connection: the current manager, replaced when it stops answering.
+    struct Backend {
+        client: redis::Client,
+        /// The manager in use and its generation, bumped on each replacement.
+        current: Mutex<(u64, ConnectionManager)>,
+    }
+
+    impl Backend {
+        fn get(&self) -> (u64, ConnectionManager) {
+            self.current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
+
+        /// Replaces the manager of `generation` (once, however many calls saw it fail)
+        /// with a fresh one that connects on first use.
+        fn replace(&self, generation: u64, why: &str) {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.0 != generation {
+                return;
+            }
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config())
+            {
+                Ok(fresh) => {
+                    *current = (generation + 1, fresh);
+                    tracing::warn!(
+                        target: "portcullis::replay",
+                        {
+                            "event.kind" = "event",
+                            "event.category" = "database",
+                            "event.action" = "replay_cache.reconnect",
+                            "event.outcome" = "success",
+                            "event.reason" = why,
+                        },
+                        "redis connection of the replay cache replaced"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    target: "portcullis::replay",
+                    {
+                        "event.kind" = "event",
+                        "event.category" = "database",
+                        "event.action" = "replay_cache.reconnect",
+                        "event.outcome" = "failure",
+                        "event.reason" = %e,
+                    },
+                    "redis connection of the replay cache could not be replaced"
+                ),
+            }
+        }
+    }
+
+    /// Whether `e` means the connection must be replaced: the manager reconnects by itself
+    /// on a dropped connection, not on a timeout or a primary turned read-only replica.
+    fn needs_new_connection(e: &redis::RedisError) -> bool {
+        e.is_timeout() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    }
+
     /// A [`ReplayCache`] in Redis, so several server replicas share one view of what was
     /// already seen, with the same partitioned room as
     /// [`MemoryReplayCache`](super::MemoryReplayCache). Enabled by the `redis` feature.
@@ -397,13 +500,45 @@ return {1, 0}
     /// of this crate use `sig:`, `dpop:` and `attest:`). The script touches three keys, so
     /// it needs a single Redis primary (not Redis Cluster).
     ///
-    /// Defaults: 1 000 000 entries, `capacity / 32` per partition.
+    /// Defaults: 1 000 000 entries, `capacity / 32` per partition, 500 ms per call.
+    ///
+    /// # Outages
+    ///
+    /// The connection heals itself: a dropped connection (restart, crash, a failover that
+    /// resets connections) is reopened in the background with backoff at most one second
+    /// apart, and a connection that stops answering or lands on a read-only replica is
+    /// replaced. Each insert waits at most the [call
+    /// timeout](RedisReplayCacheBuilder::call_timeout), then fails with
+    /// [`ReplayError::Backend`]: the layers refuse with `503 replay_cache_unavailable` for as
+    /// long as Redis is away and accept again as soon as it answers, without a restart.
+    ///
+    /// # Security
+    ///
+    /// An entry that disappears before its time to live reopens the replay window for its
+    /// message. Two ways that happens, and what to configure:
+    ///
+    /// * **Eviction.** [`connect`](Self::connect) reads `maxmemory-policy` (`CONFIG GET`)
+    ///   and refuses with [`RedisConnectError::EvictionPolicy`] unless it is `noeviction`;
+    ///   a full Redis then refuses writes and the verifier fails closed (503) instead of
+    ///   forgetting. [`allow_evicting_server`](RedisReplayCacheBuilder::allow_evicting_server)
+    ///   turns the refusal into a warning. Where `CONFIG` is disabled (managed services,
+    ///   renamed commands, ACLs) the policy cannot be read: a warning is logged and the
+    ///   operator must check it. The check runs at connect: a failover target must have the
+    ///   same policy.
+    /// * **Restart without persistence.** A Redis restarted without its data forgets every
+    ///   entry: until one replay window has passed (the signature layer's `max_age` plus
+    ///   skew, the attestation token's lifetime, the DPoP `iat` window), messages captured
+    ///   before the restart are accepted once more. Run the replay Redis with
+    ///   `appendonly yes` (`appendfsync always` loses nothing, `everysec` up to a second of
+    ///   entries) or with replicas that take over with the data; after a restart that lost
+    ///   the data, keep verifiers refusing for one window, or rotate the keys.
     #[derive(Clone)]
     pub struct RedisReplayCache {
-        conn: redis::aio::MultiplexedConnection,
+        backend: Arc<Backend>,
         prefix: Arc<str>,
         quota: Quota,
         script: Arc<redis::Script>,
+        timeout: Duration,
     }
 
     impl fmt::Debug for RedisReplayCache {
@@ -412,32 +547,153 @@ return {1, 0}
                 .field("prefix", &self.prefix)
                 .field("capacity", &self.quota.capacity)
                 .field("per_partition", &self.quota.per_partition)
+                .field("timeout", &self.timeout)
                 .finish()
         }
     }
 
-    impl RedisReplayCache {
-        /// Connects to `url` (`redis://host:port`), with key prefix `portcullis:replay:`.
-        ///
-        /// # Errors
-        /// When the URL is invalid or the server cannot be reached.
-        pub async fn connect(url: &str) -> Result<Self, ReplayError> {
-            let client =
-                redis::Client::open(url).map_err(|e| ReplayError::Backend(e.to_string()))?;
-            let conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| ReplayError::Backend(e.to_string()))?;
-            Ok(Self::new(conn))
+    /// Connects a [`RedisReplayCache`]: [`RedisReplayCache::builder`].
+    pub struct RedisReplayCacheBuilder {
+        url: String,
+        timeout: Duration,
+        allow_eviction: bool,
+    }
+
+    impl fmt::Debug for RedisReplayCacheBuilder {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // The URL may hold a password.
+            f.debug_struct("RedisReplayCacheBuilder")
+                .field("timeout", &self.timeout)
+                .field("allow_eviction", &self.allow_eviction)
+                .finish_non_exhaustive()
+        }
+    }
+
+    fn event_policy(policy: &str, outcome: &str, message: &str) {
+        tracing::warn!(
+            target: "portcullis::replay",
+            {
+                "event.kind" = "alert",
+                "event.category" = "configuration",
+                "event.action" = "replay_cache.eviction_policy",
+                "event.outcome" = outcome,
+                "event.reason" = policy,
+            },
+            "{message}"
+        );
+    }
+
+    impl RedisReplayCacheBuilder {
+        /// Bounds each insert, waiting for a reconnection included (default 500 ms); the
+        /// check at connect too.
+        #[must_use]
+        pub fn call_timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = timeout;
+            self
         }
 
-        /// Uses an existing multiplexed connection.
-        pub fn new(conn: redis::aio::MultiplexedConnection) -> Self {
-            Self {
-                conn,
+        /// Connects to a server whose `maxmemory-policy` may evict keys, with a warning
+        /// instead of [`RedisConnectError::EvictionPolicy`]. Evicted entries reopen their
+        /// replay window: use it only where memory is sized for every live entry.
+        #[must_use]
+        pub fn allow_evicting_server(mut self) -> Self {
+            self.allow_eviction = true;
+            self
+        }
+
+        /// Connects and checks the server's eviction policy (see the
+        /// [security notes](RedisReplayCache#security)).
+        ///
+        /// # Errors
+        /// [`RedisConnectError::InvalidUrl`], [`RedisConnectError::Unreachable`] when the
+        /// server cannot be reached within the call timeout (the message never contains the
+        /// URL), [`RedisConnectError::EvictionPolicy`] when the server may evict entries.
+        pub async fn connect(self) -> Result<RedisReplayCache, RedisConnectError> {
+            let client = redis::Client::open(self.url.as_str())
+                .map_err(|e| RedisConnectError::InvalidUrl(e.to_string()))?;
+            let unreachable = |e: String| RedisConnectError::Unreachable(e);
+            // Connecting tries three times, each attempt bounded to one second.
+            let wait = self.timeout.max(Duration::from_secs(4));
+            let mut manager = tokio::time::timeout(
+                wait,
+                ConnectionManager::new_with_config(client.clone(), manager_config()),
+            )
+            .await
+            .map_err(|_| unreachable(format!("no connection within {wait:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+            let policy = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<HashMap<String, String>>(&mut manager),
+            )
+            .await
+            .map_err(|_| unreachable("CONFIG GET did not answer within the call timeout".into()))?;
+            match policy {
+                Ok(map) => match map.get("maxmemory-policy").map(String::as_str) {
+                    Some("noeviction") => {}
+                    Some(other) if self.allow_eviction => event_policy(
+                        other,
+                        "success",
+                        "redis replay cache accepted a server that may evict live entries \
+                         (allow_evicting_server): evictions reopen replay windows",
+                    ),
+                    Some(other) => {
+                        event_policy(
+                            other,
+                            "failure",
+                            "redis replay cache refused a server that may evict live entries",
+                        );
+                        return Err(RedisConnectError::EvictionPolicy {
+                            policy: other.to_owned(),
+                        });
+                    }
+                    None => event_policy(
+                        "unknown",
+                        "unknown",
+                        "redis replay cache could not read maxmemory-policy (empty CONFIG GET \
+                         answer); make sure it is noeviction, or evictions reopen replay windows",
+                    ),
+                },
+                Err(e) if e.is_io_error() => return Err(unreachable(e.to_string())),
+                // CONFIG renamed, disabled or denied by an ACL (managed Redis services).
+                Err(_) => event_policy(
+                    "unknown",
+                    "unknown",
+                    "redis replay cache cannot read maxmemory-policy (CONFIG is disabled or \
+                     denied); make sure it is noeviction, or evictions reopen replay windows",
+                ),
+            }
+            Ok(RedisReplayCache {
+                backend: Arc::new(Backend {
+                    client,
+                    current: Mutex::new((0, manager)),
+                }),
                 prefix: Arc::from("portcullis:replay:"),
                 quota: Quota::new(1_000_000),
                 script: Arc::new(redis::Script::new(SCRIPT)),
+                timeout: self.timeout,
+            })
+        }
+    }
+
+    impl RedisReplayCache {
+        /// Connects to `url` (`redis://host:port`), with key prefix `portcullis:replay:`,
+        /// refusing a server that may evict entries: `builder(url).connect()`.
+        ///
+        /// # Errors
+        /// As [`RedisReplayCacheBuilder::connect`].
+        pub async fn connect(url: &str) -> Result<Self, RedisConnectError> {
+            Self::builder(url).connect().await
+        }
+
+        /// A builder for the connection to `url`: call timeout, eviction opt-in.
+        pub fn builder(url: &str) -> RedisReplayCacheBuilder {
+            RedisReplayCacheBuilder {
+                url: url.to_owned(),
+                timeout: DEFAULT_CALL_TIMEOUT,
+                allow_eviction: false,
             }
         }
 
@@ -467,26 +723,45 @@ return {1, 0}
 
     impl ReplayCache for RedisReplayCache {
         fn insert_once(&self, partition: &str, key: String, ttl: Duration) -> ReplayFuture {
-            let mut conn = self.conn.clone();
+            let backend = self.backend.clone();
             let script = self.script.clone();
             let quota = self.quota;
+            let timeout = self.timeout;
             let entry = format!("{}{}", self.prefix, key);
             let part = format!("{}quota:{}", self.prefix, partition);
             let total = format!("{}quota", self.prefix);
             let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             Box::pin(async move {
-                let (code, limit): (u8, usize) = script
-                    .key(&entry)
+                let (generation, mut conn) = backend.get();
+                let mut invocation = script.key(&entry);
+                invocation
                     .key(&part)
                     .key(&total)
                     .arg(ms)
                     .arg(quota.per_partition)
                     .arg(quota.small())
                     .arg(quota.capacity)
-                    .arg(quota.reserve())
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| ReplayError::Backend(e.to_string()))?;
+                    .arg(quota.reserve());
+                let answer = tokio::time::timeout(
+                    timeout,
+                    invocation.invoke_async::<(u8, usize)>(&mut conn),
+                )
+                .await;
+                let (code, limit) = match answer {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => {
+                        if needs_new_connection(&e) {
+                            backend.replace(generation, "redis error");
+                        }
+                        return Err(ReplayError::Backend(e.to_string()));
+                    }
+                    Err(_) => {
+                        backend.replace(generation, "no answer within the call timeout");
+                        return Err(ReplayError::Backend(format!(
+                            "redis did not answer within {timeout:?}"
+                        )));
+                    }
+                };
                 match code {
                     1 => Ok(true),
                     0 => Ok(false),

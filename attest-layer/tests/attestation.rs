@@ -281,3 +281,82 @@ async fn the_client_hook_attaches_the_platform_token_end_to_end() {
         .unwrap();
     assert_eq!(res.status(), 401, "no token from the platform: refused");
 }
+
+/// An App Check style issuer whose tokens are encoded by `jsonwebtoken` (not by this crate),
+/// with an ES256 key minted by `rcgen` through testkit.
+struct JoseIssuer {
+    key: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl JoseIssuer {
+    fn new() -> Self {
+        let pem = testkit::pki::Authority::root("attestation issuer")
+            .issue_leaf()
+            .key_pem();
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::ES256)
+                .unwrap();
+        jwk.common.key_id = Some("jose-1".into());
+        let jwks = serde_json::json!({"keys": [jwk]}).to_string();
+        Self { key, jwks }
+    }
+
+    fn token(&self, claims: &serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("jose-1".into());
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+
+    fn layer(&self) -> portcullis_attest::attestation::AttestationLayerBuilder {
+        let verifier = JwtAttestationVerifier::firebase_app_check(PROJECT, &self.jwks)
+            .unwrap()
+            .allowed_apps([APP])
+            .clock(|| NOW);
+        AttestationLayer::builder(verifier).clock(|| NOW)
+    }
+}
+
+#[tokio::test]
+async fn consuming_refuses_tokens_without_a_jti_which_could_be_replayed_until_they_expire() {
+    let issuer = JoseIssuer::new();
+    let plain = issuer.token(&claims());
+    let layer = issuer
+        .layer()
+        .consume_jti(MemoryReplayCache::new(100))
+        .build();
+    assert_eq!(
+        call(&layer, "/pay", Some(&plain)).await,
+        (401, "attestation_jti_missing".into(), String::new())
+    );
+    assert_eq!(
+        call(&layer, "/pay", Some(&plain)).await.1,
+        "attestation_jti_missing"
+    );
+
+    // The same token, twice, with a jti: the second is a replay.
+    let mut c = claims();
+    c["jti"] = "limited-use-7".into();
+    let limited = issuer.token(&c);
+    assert_eq!(
+        call(&layer, "/pay", Some(&limited)).await,
+        (200, String::new(), APP.into())
+    );
+    assert_eq!(
+        call(&layer, "/pay", Some(&limited)).await,
+        (401, "attestation_replayed".into(), String::new())
+    );
+
+    // Tokens without a jti pass unconsumed only through the named opt-in.
+    let relaxed = issuer
+        .layer()
+        .allow_missing_jti()
+        .consume_jti(MemoryReplayCache::new(100))
+        .build();
+    assert_eq!(call(&relaxed, "/pay", Some(&plain)).await.0, 200);
+    assert_eq!(call(&relaxed, "/pay", Some(&plain)).await.0, 200);
+    // Without consumption, a jti is not asked for.
+    assert_eq!(call(&issuer.layer().build(), "/pay", Some(&plain)).await.0, 200);
+    assert_eq!(AttestationError::MissingJti.as_str(), "attestation_jti_missing");
+}

@@ -1,18 +1,22 @@
 //! Replay caches: the bounded in-memory cache and Redis shared by two server instances, and
-//! the partitioned room of both (one source flooding is refused alone).
+//! the partitioned room of both (one source flooding is refused alone); the Redis cache
+//! outliving restarts and failovers, and refusing servers that may evict its entries.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
+use portcullis_attest::replay::RedisConnectError;
 use portcullis_attest::{
     MemoryReplayCache, RedisReplayCache, ReplayCache, ReplayError, SignLayer, SigningKey,
     StaticKeys, VerifySignatureLayer,
 };
-use testkit::redis::RedisServer;
+use testkit::redis::{RedisServer, SilentFailover};
 use testkit::server::TestServer;
 use tower::{Layer, ServiceExt};
 
@@ -348,4 +352,208 @@ async fn a_replay_is_refused_across_two_server_instances_sharing_redis() {
         "replica B saw the nonce A recorded"
     );
     assert_eq!(a.requests() + b.requests(), 2);
+}
+
+static FRESH: AtomicU64 = AtomicU64::new(0);
+
+/// One insert of a fresh key; a hang (more than 5 s) fails the test.
+async fn insert_fresh(cache: &RedisReplayCache) -> Result<bool, ReplayError> {
+    let key = format!("fresh-{}", FRESH.fetch_add(1, Ordering::SeqCst));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.insert_once("load", key, Duration::from_secs(60)),
+    )
+    .await
+    .expect("an insert hung on Redis: calls must be bounded")
+}
+
+/// Inserts fresh keys from 8 tasks until `stop`; returns every answer.
+fn load(
+    cache: &RedisReplayCache,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Result<bool, ReplayError>>> {
+    let cache = cache.clone();
+    tokio::spawn(async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, stop) = (cache.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        seen.push(insert_fresh(&cache).await);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
+}
+
+/// Waits (up to 15 s) until a fresh key is admitted again.
+async fn until_admitted(cache: &RedisReplayCache) {
+    let since = Instant::now();
+    loop {
+        if insert_fresh(cache).await == Ok(true) {
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "the replay cache did not recover after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_fails_closed_during_a_real_restart_and_recovers_after_it() {
+    let mut redis = RedisServer::start();
+    let cache = RedisReplayCache::connect(&redis.url()).await.unwrap();
+    assert_eq!(
+        cache
+            .insert_once("p", "seen".into(), Duration::from_secs(60))
+            .await,
+        Ok(true)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = load(&cache, stop.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let during = during.await.unwrap();
+    assert!(during.len() >= 8, "the load ran: {} inserts", during.len());
+    for answer in &during {
+        assert!(
+            matches!(answer, Ok(true) | Err(ReplayError::Backend(_))),
+            "a fresh key is admitted or the backend error is reported: {answer:?}"
+        );
+    }
+    assert!(
+        matches!(insert_fresh(&cache).await, Err(ReplayError::Backend(_))),
+        "never an accept while Redis is down"
+    );
+
+    redis.restart();
+    let stop = Arc::new(AtomicBool::new(false));
+    let after = load(&cache, stop.clone());
+    until_admitted(&cache).await;
+    stop.store(true, Ordering::SeqCst);
+    after.await.unwrap();
+    // The script is loaded again and replays are caught again.
+    assert_eq!(
+        cache
+            .insert_once("p", "after".into(), Duration::from_secs(60))
+            .await,
+        Ok(true)
+    );
+    assert_eq!(
+        cache
+            .insert_once("p", "after".into(), Duration::from_secs(60))
+            .await,
+        Ok(false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_bounds_a_silent_failover_and_replaces_the_connection() {
+    let redis = RedisServer::start();
+    let failover = SilentFailover::start(redis.port());
+    let cache = RedisReplayCache::builder(&failover.url())
+        .call_timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(insert_fresh(&cache).await, Ok(true));
+    let opened = failover.connections();
+
+    failover.silence_open_connections();
+    let r = insert_fresh(&cache).await;
+    assert!(matches!(r, Err(ReplayError::Backend(_))), "{r:?}");
+    until_admitted(&cache).await;
+    assert!(
+        failover.connections() > opened,
+        "served over a new connection"
+    );
+}
+
+#[tokio::test]
+async fn redis_servers_that_may_evict_entries_are_refused_unless_opted_in() {
+    let lru = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let err = RedisReplayCache::connect(&lru.url()).await.unwrap_err();
+    assert_eq!(
+        err,
+        RedisConnectError::EvictionPolicy {
+            policy: "allkeys-lru".into()
+        }
+    );
+    assert!(err.to_string().contains("noeviction"), "{err}");
+    let volatile = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
+    assert!(matches!(
+        RedisReplayCache::connect(&volatile.url()).await,
+        Err(RedisConnectError::EvictionPolicy { .. })
+    ));
+
+    // The named opt-in only warns.
+    let cache = RedisReplayCache::builder(&lru.url())
+        .allow_evicting_server()
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(insert_fresh(&cache).await, Ok(true));
+
+    let strict = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let cache = RedisReplayCache::connect(&strict.url()).await.unwrap();
+    assert_eq!(insert_fresh(&cache).await, Ok(true));
+}
+
+/// Tracing events of the current thread, as `field=value` maps.
+#[derive(Clone, Default)]
+struct Events(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+struct Fields(std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = Fields(Default::default());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+}
+
+#[tokio::test]
+async fn redis_servers_with_config_disabled_are_accepted_with_a_loud_warning() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let events = Events::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    // As managed Redis services do: CONFIG is renamed away.
+    let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    let cache = RedisReplayCache::connect(&redis.url()).await.unwrap();
+    assert_eq!(insert_fresh(&cache).await, Ok(true));
+    let seen = events.0.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|e| {
+            e.get("event.action").map(String::as_str) == Some("replay_cache.eviction_policy")
+                && e.get("event.kind").map(String::as_str) == Some("alert")
+                && e.get("event.reason").map(String::as_str) == Some("unknown")
+        }),
+        "{seen:?}"
+    );
 }

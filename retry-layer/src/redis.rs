@@ -7,17 +7,29 @@
 //!
 //! [`RedisRateLimitLayer`] is the server-side layer on top of it (429 with `Retry-After` and
 //! `RateLimit-*` headers, like [`RateLimitLayer`](crate::rate_limit::RateLimitLayer)).
+//!
+//! # Outages
+//!
+//! The connection heals itself: a dropped connection (a restart, a crash, a failover that
+//! resets connections) is reopened in the background by a
+//! [`ConnectionManager`](redis::aio::ConnectionManager), with backoff at most one second
+//! apart; a connection that stops answering (a frozen server, a primary cut off the network)
+//! or that lands on a read-only replica is replaced. Each check waits at most its
+//! [call timeout](RedisRateLimiter::call_timeout) (500 ms by default) and then fails with a
+//! [`RedisLimitError`]: the layer answers it with its [`OnBackendError`] policy (503 by
+//! default) for as long as the outage lasts, and checks succeed again as soon as Redis
+//! answers, without restarting the app.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use governor::Quota;
 use http::{Request, Response, StatusCode, header::HeaderValue};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -50,6 +62,8 @@ pub enum RedisLimitError {
     Redis(redis::RedisError),
     /// The script answered something unexpected.
     BadReply(String),
+    /// Redis did not answer within the call timeout.
+    Timeout(Duration),
 }
 
 impl fmt::Display for RedisLimitError {
@@ -60,6 +74,10 @@ impl fmt::Display for RedisLimitError {
                 f,
                 "redis rate limiter got an unexpected script reply: {what} (expected 4 integers)"
             ),
+            Self::Timeout(after) => write!(
+                f,
+                "redis rate limiter did not answer within {after:?}; the connection is replaced"
+            ),
         }
     }
 }
@@ -68,7 +86,7 @@ impl std::error::Error for RedisLimitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Redis(e) => Some(e),
-            Self::BadReply(_) => None,
+            Self::BadReply(_) | Self::Timeout(_) => None,
         }
     }
 }
@@ -79,14 +97,98 @@ impl From<redis::RedisError> for RedisLimitError {
     }
 }
 
-/// A GCRA limiter whose state lives in Redis. Clones share the connection.
+/// The default bound on one check, connection included.
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How the connection manager reconnects: quickly, then at most one second apart, and one
+/// connection attempt never longer than a second.
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        // Every call is bounded by the limiter's own timeout, which also replaces a
+        // connection that stopped answering (the manager itself only reconnects on errors).
+        .set_response_timeout(None)
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// A self-healing connection: the current manager, replaced when it stops answering.
+struct Backend {
+    client: redis::Client,
+    /// The manager in use and its generation, bumped on each replacement.
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl Backend {
+    async fn connect(client: redis::Client) -> redis::RedisResult<Self> {
+        let manager = ConnectionManager::new_with_config(client.clone(), manager_config()).await?;
+        Ok(Self {
+            client,
+            current: Mutex::new((0, manager)),
+        })
+    }
+
+    fn get(&self) -> (u64, ConnectionManager) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the manager of `generation` (once, however many calls saw it fail) with a
+    /// fresh one that connects on first use.
+    fn replace(&self, generation: u64, why: &str) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config()) {
+            Ok(fresh) => {
+                *current = (generation + 1, fresh);
+                tracing::warn!(
+                    target: "portcullis::ratelimit",
+                    {
+                        "event.kind" = "event",
+                        "event.category" = "network",
+                        "event.action" = "rate_limit.reconnect",
+                        "event.outcome" = "success",
+                        "event.reason" = why,
+                    },
+                    "redis connection replaced"
+                );
+            }
+            Err(e) => tracing::error!(
+                target: "portcullis::ratelimit",
+                {
+                    "event.kind" = "event",
+                    "event.category" = "network",
+                    "event.action" = "rate_limit.reconnect",
+                    "event.outcome" = "failure",
+                    "event.reason" = %e,
+                },
+                "redis connection could not be replaced"
+            ),
+        }
+    }
+}
+
+/// Whether `e` means the connection must be replaced: the manager reconnects by itself on a
+/// dropped connection, not on a timeout or a primary turned read-only replica.
+fn needs_new_connection(e: &redis::RedisError) -> bool {
+    e.is_timeout() || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+/// A GCRA limiter whose state lives in Redis. Clones share the connection, which reconnects
+/// by itself (see [Outages](crate::redis#outages)).
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    conn: MultiplexedConnection,
+    backend: Arc<Backend>,
     script: Arc<redis::Script>,
     prefix: Arc<str>,
     interval_us: u64,
     burst: u32,
+    timeout: Duration,
 }
 
 impl fmt::Debug for RedisRateLimiter {
@@ -95,32 +197,38 @@ impl fmt::Debug for RedisRateLimiter {
             .field("prefix", &self.prefix)
             .field("interval_us", &self.interval_us)
             .field("burst", &self.burst)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisRateLimiter {
     /// Connects to `url` (`redis://host:port/db`) and limits to `quota`, with keys stored
-    /// under `prefix:`.
+    /// under `prefix:`. The connection reconnects by itself after an outage.
     ///
     /// # Errors
-    /// When the URL is malformed or Redis cannot be reached (the message never contains the
-    /// URL, which may hold a password).
+    /// When the URL is malformed or Redis cannot be reached now (the message never contains
+    /// the URL, which may hold a password).
     pub async fn connect(url: &str, quota: Quota, prefix: &str) -> Result<Self, RedisLimitError> {
         let client = redis::Client::open(url)?;
-        let conn = client.get_multiplexed_async_connection().await?;
-        Ok(Self::new(conn, quota, prefix))
-    }
-
-    /// Uses an existing multiplexed connection.
-    pub fn new(conn: MultiplexedConnection, quota: Quota, prefix: &str) -> Self {
-        Self {
-            conn,
+        let backend = Backend::connect(client).await?;
+        Ok(Self {
+            backend: Arc::new(backend),
             script: Arc::new(redis::Script::new(GCRA)),
             prefix: prefix.into(),
             interval_us: (quota.replenish_interval().as_micros() as u64).max(1),
             burst: quota.burst_size().get(),
-        }
+            timeout: DEFAULT_CALL_TIMEOUT,
+        })
+    }
+
+    /// Bounds each check, waiting for a reconnection included (default 500 ms). A check
+    /// that takes longer fails with [`RedisLimitError::Timeout`] and the connection is
+    /// replaced.
+    #[must_use]
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Counts one request for `key`, atomically across every instance sharing the Redis.
@@ -128,14 +236,23 @@ impl RedisRateLimiter {
     /// # Errors
     /// [`RedisLimitError`] when Redis fails; the inner `Result` is the decision.
     pub async fn check(&self, key: &str) -> Result<Result<Allowed, Denied>, RedisLimitError> {
-        let mut conn = self.conn.clone();
-        let reply: Vec<i64> = self
-            .script
-            .key(format!("{}:{}", self.prefix, key))
-            .arg(self.interval_us)
-            .arg(self.burst)
-            .invoke_async(&mut conn)
-            .await?;
+        let (generation, mut conn) = self.backend.get();
+        let mut invocation = self.script.key(format!("{}:{}", self.prefix, key));
+        invocation.arg(self.interval_us).arg(self.burst);
+        let reply: Vec<i64> =
+            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(reply)) => reply,
+                Ok(Err(e)) => {
+                    if needs_new_connection(&e) {
+                        self.backend.replace(generation, "redis error");
+                    }
+                    return Err(e.into());
+                }
+                Err(_) => {
+                    self.backend.replace(generation, "no answer within the call timeout");
+                    return Err(RedisLimitError::Timeout(self.timeout));
+                }
+            };
         let &[allowed, remaining, retry_us, reset_us] = reply.as_slice() else {
             return Err(RedisLimitError::BadReply(format!("{} values", reply.len())));
         };

@@ -6,8 +6,12 @@
 //! JWT attestation tokens in the style of Firebase App Check: JWKS-signed, `iss`,
 //! `aud` = project, `sub` = app id, `exp`. [`AttestationLayer`] applies it per route:
 //! [`AttestationMode::Required`] (the default: fail closed), [`AttestationMode::Optional`]
-//! (report only) or [`AttestationMode::Off`]. On the client, [`AttachAttestationLayer`]
-//! adds the token an [`AttestationProvider`] hands it.
+//! (report only) or [`AttestationMode::Off`]. With
+//! [`consume_jti`](AttestationLayerBuilder::consume_jti) each limited-use token works once,
+//! and a token without a `jti` (which could be replayed until it expires) is refused with
+//! `attestation_jti_missing` unless
+//! [`allow_missing_jti`](AttestationLayerBuilder::allow_missing_jti) is set. On the client,
+//! [`AttachAttestationLayer`] adds the token an [`AttestationProvider`] hands it.
 
 mod client;
 mod server;

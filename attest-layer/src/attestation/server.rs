@@ -37,6 +37,8 @@ struct AttestConfig {
     default_mode: AttestationMode,
     routes: Vec<(String, AttestationMode)>,
     replay: Option<Arc<dyn ReplayCache>>,
+    /// Let tokens without a `jti` through unconsumed (named opt-in).
+    allow_missing_jti: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -46,6 +48,8 @@ impl fmt::Debug for AttestConfig {
             .field("header", &self.header)
             .field("default_mode", &self.default_mode)
             .field("routes", &self.routes)
+            .field("consume_jti", &self.replay.is_some())
+            .field("allow_missing_jti", &self.allow_missing_jti)
             .finish_non_exhaustive()
     }
 }
@@ -94,6 +98,7 @@ impl AttestationLayer {
                 default_mode: AttestationMode::Required,
                 routes: Vec::new(),
                 replay: None,
+                allow_missing_jti: false,
                 clock: Arc::new(SystemClock),
             },
         }
@@ -123,9 +128,22 @@ impl AttestationLayerBuilder {
     }
 
     /// Consumes each token's `jti` in `cache`, so a limited-use token works once.
+    ///
+    /// A token without a `jti` cannot be consumed, so it is refused with
+    /// [`AttestationError::MissingJti`] (`attestation_jti_missing`); see
+    /// [`allow_missing_jti`](Self::allow_missing_jti).
     #[must_use]
     pub fn consume_jti(mut self, cache: impl ReplayCache) -> Self {
         self.config.replay = Some(Arc::new(cache));
+        self
+    }
+
+    /// With [`consume_jti`](Self::consume_jti), lets tokens without a `jti` through
+    /// unconsumed: each may be replayed until it expires. For platforms that mix
+    /// limited-use and plain tokens.
+    #[must_use]
+    pub fn allow_missing_jti(mut self) -> Self {
+        self.config.allow_missing_jti = true;
         self
     }
 
@@ -247,6 +265,16 @@ where
                 "header is not visible ascii".into(),
             )),
             Some(Ok(t)) => self.config.verifier.verify(t),
+        };
+        let result = match result {
+            Ok(d)
+                if d.jti().is_none()
+                    && self.config.replay.is_some()
+                    && !self.config.allow_missing_jti =>
+            {
+                Err(AttestationError::MissingJti)
+            }
+            other => other,
         };
         let device = match result {
             Ok(d) => d,

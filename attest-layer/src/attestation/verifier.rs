@@ -63,6 +63,13 @@ pub enum AttestationError {
     /// The token was already used (limited-use tokens with `jti`).
     #[error("attestation token was already used")]
     Replayed,
+    /// The layer consumes tokens (`consume_jti`) and this one has no `jti` to consume, so it
+    /// could be replayed until it expires.
+    #[error(
+        "attestation token has no jti, so it cannot be consumed; request limited-use tokens \
+         from the platform (or opt out with `allow_missing_jti`)"
+    )]
+    MissingJti,
     /// The replay cache failed (fail closed).
     #[error("replay cache unavailable")]
     ReplayCacheUnavailable,
@@ -86,6 +93,7 @@ impl AttestationError {
             Self::WrongAudience { .. } => "attestation_wrong_audience",
             Self::AppNotAllowed(_) => "attestation_app_not_allowed",
             Self::Replayed => "attestation_replayed",
+            Self::MissingJti => "attestation_jti_missing",
             Self::ReplayCacheUnavailable => "replay_cache_unavailable",
             Self::ReplayQuotaExceeded => "replay_quota_exceeded",
         }
