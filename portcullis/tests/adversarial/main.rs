@@ -3,9 +3,13 @@
 //! token and proof encoders). `SECURITY.md` maps each threat to the layer and setting that
 //! blocks it and to the test here that shows it.
 
+mod chain_injection;
 mod dpop_binding;
 mod ecdsa_malleability;
 mod pin_idna;
 mod pin_session_tickets;
 mod replay_capacity;
+mod rogue_ca;
 mod serve_tls_bounds;
+mod support;
+mod weak_tls;
