@@ -6,10 +6,13 @@
 mod chain_injection;
 mod dpop_binding;
 mod ecdsa_malleability;
+mod jwt_forgery;
 mod pin_idna;
 mod pin_session_tickets;
 mod replay_capacity;
+mod request_tampering;
 mod rogue_ca;
 mod serve_tls_bounds;
 mod support;
+mod token_store_tampering;
 mod weak_tls;
