@@ -83,8 +83,7 @@ async fn sign(signer: &SignLayer, req: Request<Full<Bytes>>) -> Request<Full<Byt
         .oneshot(req)
         .await
         .unwrap();
-    let signed = seen.lock().unwrap().take().expect("one request sent");
-    signed
+    seen.lock().unwrap().take().expect("one request sent")
 }
 
 /// The HTTP/1.1 bytes of `req` (its body read), as a client writes them.
