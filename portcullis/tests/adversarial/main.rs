@@ -3,9 +3,11 @@
 //! token and proof encoders). `SECURITY.md` maps each threat to the layer and setting that
 //! blocks it and to the test here that shows it.
 
+mod attestation_jti;
 mod dpop_binding;
 mod ecdsa_malleability;
 mod pin_idna;
 mod pin_session_tickets;
+mod redis_outage;
 mod replay_capacity;
 mod serve_tls_bounds;
