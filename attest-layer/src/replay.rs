@@ -406,8 +406,8 @@ return {1, 0}
         /// accepted a second time.
         #[error(
             "redis maxmemory-policy is {policy:?}, which may evict live replay entries and \
-             reopen the replay window; set `maxmemory-policy noeviction` (a full Redis then \
-             refuses writes and the verifier fails closed), or accept the risk with \
+             reopen the replay window; set `maxmemory-policy noeviction` (Redis then never \
+             drops a live entry), or accept the risk with \
              `RedisReplayCacheBuilder::allow_evicting_server`"
         )]
         EvictionPolicy {
@@ -451,8 +451,7 @@ return {1, 0}
             if current.0 != generation {
                 return;
             }
-            match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config())
-            {
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config()) {
                 Ok(fresh) => {
                     *current = (generation + 1, fresh);
                     tracing::warn!(
@@ -518,9 +517,11 @@ return {1, 0}
     /// message. Two ways that happens, and what to configure:
     ///
     /// * **Eviction.** [`connect`](Self::connect) reads `maxmemory-policy` (`CONFIG GET`)
-    ///   and refuses with [`RedisConnectError::EvictionPolicy`] unless it is `noeviction`;
-    ///   a full Redis then refuses writes and the verifier fails closed (503) instead of
-    ///   forgetting. [`allow_evicting_server`](RedisReplayCacheBuilder::allow_evicting_server)
+    ///   and refuses with [`RedisConnectError::EvictionPolicy`] unless it is `noeviction`,
+    ///   under which Redis never drops a live entry: past `maxmemory` it refuses other
+    ///   writes but still lets the script record (it writes first with a command Redis
+    ///   does not refuse), so size `maxmemory` for [`capacity`](Self::capacity) entries, the
+    ///   cache's own bound. [`allow_evicting_server`](RedisReplayCacheBuilder::allow_evicting_server)
     ///   turns the refusal into a warning. Where `CONFIG` is disabled (managed services,
     ///   renamed commands, ACLs) the policy cannot be read: a warning is logged and the
     ///   operator must check it. The check runs at connect: a failover target must have the

@@ -357,6 +357,12 @@ async fn consuming_refuses_tokens_without_a_jti_which_could_be_replayed_until_th
     assert_eq!(call(&relaxed, "/pay", Some(&plain)).await.0, 200);
     assert_eq!(call(&relaxed, "/pay", Some(&plain)).await.0, 200);
     // Without consumption, a jti is not asked for.
-    assert_eq!(call(&issuer.layer().build(), "/pay", Some(&plain)).await.0, 200);
-    assert_eq!(AttestationError::MissingJti.as_str(), "attestation_jti_missing");
+    assert_eq!(
+        call(&issuer.layer().build(), "/pay", Some(&plain)).await.0,
+        200
+    );
+    assert_eq!(
+        AttestationError::MissingJti.as_str(),
+        "attestation_jti_missing"
+    );
 }

@@ -249,7 +249,8 @@ impl RedisRateLimiter {
                     return Err(e.into());
                 }
                 Err(_) => {
-                    self.backend.replace(generation, "no answer within the call timeout");
+                    self.backend
+                        .replace(generation, "no answer within the call timeout");
                     return Err(RedisLimitError::Timeout(self.timeout));
                 }
             };

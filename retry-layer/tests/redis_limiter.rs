@@ -250,7 +250,11 @@ async fn the_limiter_recovers_after_a_real_redis_restart_under_load() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
     let before = before.await.unwrap();
-    assert!(before.iter().all(|&s| s == (StatusCode::OK, StatusCode::OK)));
+    assert!(
+        before
+            .iter()
+            .all(|&s| s == (StatusCode::OK, StatusCode::OK))
+    );
 
     // Redis crashes under load: every answer meanwhile is the documented one.
     let stop = Arc::new(AtomicBool::new(false));

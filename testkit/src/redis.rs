@@ -137,7 +137,11 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("redis-server is not running").id();
+        let pid = self
+            .child
+            .as_ref()
+            .expect("redis-server is not running")
+            .id();
         let ok = Command::new("kill")
             .args([sig, &pid.to_string()])
             .status()
@@ -247,14 +251,11 @@ impl SilentFailover {
                 std::thread::spawn(move || pump(c2, u2, s));
                 let s = silent.clone();
                 std::thread::spawn(move || pump(u3, c3, s));
-                links2
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Link {
-                        client,
-                        upstream,
-                        silent,
-                    });
+                links2.lock().unwrap_or_else(|p| p.into_inner()).push(Link {
+                    client,
+                    upstream,
+                    silent,
+                });
             }
         });
         Self { port, links, stop }
@@ -282,7 +283,12 @@ impl Drop for SilentFailover {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(crate::loopback(self.port)); // wakes the accept loop
-        for link in self.links.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for link in self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             let _ = link.client.shutdown(Shutdown::Both);
             let _ = link.upstream.shutdown(Shutdown::Both);
         }

@@ -3,6 +3,7 @@
 //! token and proof encoders). `SECURITY.md` maps each threat to the layer and setting that
 //! blocks it and to the test here that shows it.
 
+mod attestation_jti;
 mod audit_log_injection;
 mod chain_injection;
 mod dpop_binding;
@@ -11,6 +12,7 @@ mod forwarded_header_spoofing;
 mod jwt_forgery;
 mod pin_idna;
 mod pin_session_tickets;
+mod redis_outage;
 mod replay_capacity;
 mod request_tampering;
 mod retry_safety;
