@@ -5,6 +5,7 @@
 
 mod dpop_binding;
 mod ecdsa_malleability;
+mod keyring_session;
 mod pin_idna;
 mod pin_session_tickets;
 mod replay_capacity;
