@@ -10,3 +10,4 @@ mod pin_idna;
 mod pin_session_tickets;
 mod replay_capacity;
 mod serve_tls_bounds;
+mod token_shared_store;
