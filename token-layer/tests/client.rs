@@ -707,3 +707,207 @@ async fn killing_the_process_mid_rotation_leaves_a_usable_refresh_token() {
     assert!(state.lock().unwrap().issued >= 8 * 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A token endpoint in memory that rotates refresh tokens and answers `invalid_grant` to any
+/// refresh token but the current one.
+#[derive(Default)]
+struct Rotating {
+    current: String,
+    issued: usize,
+    rejected: usize,
+}
+
+/// A refresher against `server`; its first request waits for `gate` (when given) before it
+/// lands, as on a slow network.
+fn rotating_refresher(
+    server: Arc<Mutex<Rotating>>,
+    lifetime: Duration,
+    gate: Option<Arc<tokio::sync::Notify>>,
+) -> impl Fn(SecretString) -> Pin<Box<dyn Future<Output = Result<TokenResponse, RefreshError>> + Send>>
++ Send
++ Sync
++ 'static {
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    move |rt: SecretString| {
+        let server = server.clone();
+        let gate = gate.clone().filter(|_| first.swap(false, Ordering::SeqCst));
+        Box::pin(async move {
+            if let Some(gate) = gate {
+                gate.notified().await;
+            }
+            let mut st = server.lock().unwrap();
+            if rt.expose_secret() != st.current {
+                st.rejected += 1;
+                return Err(RefreshError::InvalidGrant);
+            }
+            st.issued += 1;
+            let n = st.issued;
+            st.current = format!("rt-{n}");
+            Ok(TokenResponse::new(format!("at-{n}"), Some(lifetime))
+                .with_refresh_token(format!("rt-{n}")))
+        })
+    }
+}
+
+/// A store whose `lock_entry` holds nothing (the trait's default), like a store shared with a
+/// process its lock does not reach.
+#[derive(Clone)]
+struct NoEntryLock(MemoryStore);
+
+impl SecretStore for NoEntryLock {
+    async fn get(
+        &self,
+        name: &str,
+    ) -> Result<Option<portcullis_token::SecretValue>, portcullis_token::secret::StoreError> {
+        self.0.get(name).await
+    }
+    async fn put(
+        &self,
+        name: &str,
+        value: portcullis_token::SecretValue,
+    ) -> Result<(), portcullis_token::secret::StoreError> {
+        self.0.put(name, value).await
+    }
+    async fn delete(&self, name: &str) -> Result<bool, portcullis_token::secret::StoreError> {
+        self.0.delete(name).await
+    }
+    async fn compare_and_swap(
+        &self,
+        name: &str,
+        expected: Option<&portcullis_token::SecretValue>,
+        new: Option<portcullis_token::SecretValue>,
+    ) -> Result<bool, portcullis_token::secret::StoreError> {
+        self.0.compare_and_swap(name, expected, new).await
+    }
+}
+
+fn stored_refresh_token(record: &portcullis_token::SecretValue) -> String {
+    let json: serde_json::Value = serde_json::from_slice(record.expose()).unwrap();
+    json["refresh_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_source_adopts_the_record_another_source_rotated_instead_of_reusing_its_token() {
+    let server = Arc::new(Mutex::new(Rotating {
+        current: "rt-0".into(),
+        ..Default::default()
+    }));
+    let store = MemoryStore::new();
+    let life = Duration::from_secs(600);
+    let a = TokenSource::builder(
+        rotating_refresher(server.clone(), life, None),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    a.seed(TokenSet::new("at-0", Duration::ZERO, Some("rt-0".into())))
+        .await
+        .unwrap();
+    // B started from the same record (another process reading the same file).
+    let b = TokenSource::builder(
+        rotating_refresher(server.clone(), life, None),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    assert_eq!(a.token().await.unwrap().expose(), "at-1");
+    // B's own token is expired and its refresh token rt-0 is no longer current: it re-reads
+    // the store and serves A's fresh token without asking the server.
+    assert_eq!(b.token().await.unwrap().expose(), "at-1");
+    let (issued, rejected) = {
+        let st = server.lock().unwrap();
+        (st.issued, st.rejected)
+    };
+    assert_eq!((issued, rejected), (1, 0));
+    let record = store.get("portcullis.token").await.unwrap().unwrap();
+    assert_eq!(stored_refresh_token(&record), "rt-1");
+}
+
+#[tokio::test]
+async fn invalid_grant_after_a_concurrent_rotation_adopts_the_newer_record_and_deletes_nothing() {
+    let server = Arc::new(Mutex::new(Rotating {
+        current: "rt-0".into(),
+        ..Default::default()
+    }));
+    let store = NoEntryLock(MemoryStore::new());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    // Tokens expire at once, so every call refreshes.
+    let a = TokenSource::builder(
+        rotating_refresher(server.clone(), Duration::ZERO, None),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    a.seed(TokenSet::from_refresh_token("rt-0")).await.unwrap();
+    let b = TokenSource::builder(
+        rotating_refresher(server.clone(), Duration::ZERO, Some(gate.clone())),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    // B reads rt-0 and sends it; its request lands only after A has rotated rt-0 to rt-1.
+    let b_call = tokio::spawn({
+        let b = b.clone();
+        async move { b.token().await.map(|t| t.expose().to_owned()) }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(a.token().await.unwrap().expose(), "at-1");
+    gate.notify_one();
+    // B's rt-0 is refused; B finds A's newer record, adopts it and refreshes with rt-1.
+    assert_eq!(b_call.await.unwrap().unwrap(), "at-2");
+    assert_eq!(server.lock().unwrap().rejected, 1);
+    let record = store
+        .get("portcullis.token")
+        .await
+        .unwrap()
+        .expect("the newer record was not deleted");
+    assert_eq!(stored_refresh_token(&record), "rt-2");
+    // And A, in turn, follows B's rotation.
+    assert_eq!(a.token().await.unwrap().expose(), "at-3");
+}
+
+#[tokio::test]
+async fn a_record_removed_from_the_store_requires_reauthentication_until_a_new_login_lands() {
+    let server = Arc::new(Mutex::new(Rotating {
+        current: "rt-0".into(),
+        ..Default::default()
+    }));
+    let store = MemoryStore::new();
+    let source = TokenSource::builder(
+        rotating_refresher(server.clone(), Duration::ZERO, None),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    source
+        .seed(TokenSet::from_refresh_token("rt-0"))
+        .await
+        .unwrap();
+    assert_eq!(source.token().await.unwrap().expose(), "at-1");
+    // An operator (or another process whose refresh token was rejected) removes the record:
+    // the tokens held in memory are not used any more.
+    assert!(store.delete("portcullis.token").await.unwrap());
+    let err = source.token().await.unwrap_err();
+    assert!(matches!(err, TokenError::ReauthenticationRequired), "{err}");
+    assert_eq!(server.lock().unwrap().issued, 1);
+    assert_eq!(store.get("portcullis.token").await.unwrap(), None);
+    // Another process signs in and stores a record: this source picks it up.
+    let other = TokenSource::builder(
+        rotating_refresher(server.clone(), Duration::ZERO, None),
+        store.clone(),
+    )
+    .load()
+    .await
+    .unwrap();
+    server.lock().unwrap().current = "rt-login".into();
+    other
+        .seed(TokenSet::from_refresh_token("rt-login"))
+        .await
+        .unwrap();
+    assert_eq!(source.token().await.unwrap().expose(), "at-2");
+}

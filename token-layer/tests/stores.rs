@@ -336,3 +336,138 @@ async fn keyring_store_round_trips_through_the_kernel_keyring() {
     store.delete("file-key").await.unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+const KEYRING_CHILD: &str = "PORTCULLIS_KEYRING_CHILD";
+
+/// Child half of the keyring session test: runs the store operations in
+/// `PORTCULLIS_KEYRING_CHILD` (`<service> <user|persistent> <op>,<op>...`, ops `get`, `put=V`,
+/// `cas=OLD>NEW`, `delete`) in whatever session keyring it was started with, one `=> result`
+/// line each. Does nothing when run as a normal test.
+#[tokio::test]
+async fn keyring_session_child() {
+    let Ok(script) = std::env::var(KEYRING_CHILD) else {
+        return;
+    };
+    let mut parts = script.split(' ');
+    let (service, ring, ops) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let store = KeyringStore::new(service);
+    let store = match ring {
+        "user" => store,
+        "persistent" => store.linux_keyring(portcullis_token::secret::LinuxKeyring::Persistent),
+        other => panic!("unknown keyring {other}"),
+    };
+    let show = |v: Option<SecretValue>| {
+        v.map_or("none".to_owned(), |v| v.expose_str().unwrap().to_owned())
+    };
+    for op in ops.split(',') {
+        let result = match op.split_once('=') {
+            None if op == "get" => show(store.get("entry").await.unwrap()),
+            None if op == "delete" => store.delete("entry").await.unwrap().to_string(),
+            Some(("put", v)) => {
+                store.put("entry", v.into()).await.unwrap();
+                "ok".to_owned()
+            }
+            Some(("cas", swap)) => {
+                let (old, new) = swap.split_once('>').unwrap();
+                store
+                    .compare_and_swap("entry", Some(&old.into()), Some(new.into()))
+                    .await
+                    .unwrap()
+                    .to_string()
+            }
+            _ => panic!("unknown op {op}"),
+        };
+        println!("=> {result}");
+    }
+}
+
+/// Runs [`keyring_session_child`] in a new session keyring (`keyctl session -`) that links
+/// the user keyring when `links_user` (as a login session does) and does not otherwise (as
+/// service managers, containers and cron set it up).
+fn in_new_session(links_user: bool, script: &str) -> Vec<String> {
+    let mut cmd = std::process::Command::new("keyctl");
+    cmd.args(["session", "-"]);
+    if links_user {
+        cmd.args([
+            "sh",
+            "-c",
+            "keyctl link @u @s >/dev/null && exec \"$@\"",
+            "sh",
+        ]);
+    }
+    let out = cmd
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "keyring_session_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(KEYRING_CHILD, script)
+        .output()
+        .expect("keyctl (Debian package keyutils) must be installed for this test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        // libtest prints `test keyring_session_child ... ` before the first line.
+        .filter_map(|l| l.split_once("=> ").map(|(_, r)| r.to_owned()))
+        .collect()
+}
+
+#[test]
+fn keyring_store_finds_its_entries_whether_or_not_the_session_links_the_user_keyring() {
+    for ring in ["user", "persistent"] {
+        let mut rnd = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut rnd).unwrap();
+        let service = format!("portcullis-session-test-{}", u64::from_be_bytes(rnd));
+        let script = |ops: &str| format!("{service} {ring} {ops}");
+        // A session that does not link @u: what is put is found, by this process...
+        assert_eq!(
+            in_new_session(false, &script("get,put=v1,get,cas=v1>v2,get")),
+            ["none", "ok", "v1", "true", "v2"],
+            "{ring} keyring, unlinked session"
+        );
+        // ...by another process in another such session...
+        assert_eq!(
+            in_new_session(false, &script("get")),
+            ["v2"],
+            "{ring} keyring, second unlinked session"
+        );
+        // ...and by a login-style session linking @u, and the other way round.
+        assert_eq!(
+            in_new_session(true, &script("get,put=v3")),
+            ["v2", "ok"],
+            "{ring} keyring, session linking @u"
+        );
+        assert_eq!(
+            in_new_session(false, &script("get,delete,get")),
+            ["v3", "true", "none"],
+            "{ring} keyring, unlinked session after a linked one"
+        );
+    }
+    // The two keyrings are distinct: an entry in one is not found through the other.
+    let mut rnd = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut rnd).unwrap();
+    let service = format!("portcullis-session-test-{}", u64::from_be_bytes(rnd));
+    assert_eq!(
+        in_new_session(false, &format!("{service} persistent put=p")),
+        ["ok"]
+    );
+    assert_eq!(
+        in_new_session(false, &format!("{service} user get")),
+        ["none"]
+    );
+    assert_eq!(
+        in_new_session(true, &format!("{service} persistent get,delete")),
+        ["p", "true"]
+    );
+}

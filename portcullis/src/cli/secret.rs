@@ -30,7 +30,11 @@ pub(crate) struct SecretArgs {
         conflicts_with = "keyring"
     )]
     passphrase_env: String,
-    /// Take the file key from the OS keyring instead (a random key is created on first use).
+    /// Take the file key from the OS keyring instead (a random key is created by the first
+    /// `put`). On Linux that is the kernel user keyring, reachable from any session keyring
+    /// set-up (login, `keyctl session -`, service managers, cron); it survives logout (Linux
+    /// 5.3 and later) but never a reboot, after which the file cannot be opened: use a
+    /// passphrase for a store that must outlive a reboot.
     #[arg(long)]
     keyring: bool,
     /// Keyring service the file key is filed under (with --keyring).
@@ -109,13 +113,37 @@ fn keyring_entry_name(file: &Path) -> String {
     format!("file-key:{}", absolute.display())
 }
 
+/// What survives what, said at every `put` that keeps the file key in the OS keyring.
+#[cfg(target_os = "linux")]
+const KEYRING_DURABILITY: Option<&str> = Some(
+    "the file key is in the Linux kernel user keyring: it survives logout (Linux 5.3 and later) \
+     but not a reboot, after which this file cannot be opened; use a passphrase \
+     (--passphrase-env) for a store that must outlive a reboot",
+);
+#[cfg(not(target_os = "linux"))]
+const KEYRING_DURABILITY: Option<&str> = None;
+
 async fn key_for(args: &SecretArgs) -> Result<FileKey, String> {
     if args.keyring {
         let keyring = KeyringStore::new(args.keyring_service.clone());
-        return keyring
-            .file_key(&keyring_entry_name(&args.file))
-            .await
-            .map_err(|e| e.to_string());
+        let entry = keyring_entry_name(&args.file);
+        // A file whose key is gone gets no new key: that would only hide the loss behind a
+        // "wrong key" error and leave a useless key behind.
+        if std::fs::metadata(&args.file).is_ok()
+            && keyring.get(&entry).await.map_err(store_error)?.is_none()
+        {
+            return Err(format!(
+                "the key of {} is not in the OS keyring (service {:?}){}: the file cannot be opened without it",
+                args.file.display(),
+                args.keyring_service,
+                if cfg!(target_os = "linux") {
+                    "; kernel keyrings are emptied by a reboot"
+                } else {
+                    ""
+                }
+            ));
+        }
+        return keyring.file_key(&entry).await.map_err(store_error);
     }
     let passphrase = std::env::var(&args.passphrase_env).map_err(|_| {
         format!(
@@ -164,6 +192,11 @@ async fn execute(args: SecretArgs) -> Result<(), String> {
                 .await
                 .map_err(store_error)?;
             eprintln!("stored {name} in {file}");
+            if args.keyring
+                && let Some(note) = KEYRING_DURABILITY
+            {
+                eprintln!("note: {note}");
+            }
         }
         SecretAction::Get { name, reveal } => {
             let value = store

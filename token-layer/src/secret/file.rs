@@ -30,7 +30,7 @@ use aws_lc_rs::{
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{SecretStore, SecretValue, StoreError, check_name};
+use super::{EntryLock, SecretStore, SecretValue, StoreError, check_name};
 
 const MAGIC: &[u8; 8] = b"PCSTORE1";
 const KDF_RAW: u8 = 0;
@@ -402,7 +402,11 @@ fn aead_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
 ///   which is fsynced, renamed over the store and followed by an fsync of the directory, so a
 ///   crash leaves either the old or the new file, never a torn one.
 /// * Concurrent writers (tasks, `FileStore` instances and processes) are serialised with an
-///   exclusive lock on `<file>.lock`, and each write re-reads the file under that lock.
+///   exclusive lock on `<file>.lock`, and each write re-reads the file under that lock, so
+///   [`compare_and_swap`](SecretStore::compare_and_swap) is atomic across processes.
+/// * [`lock_entry`](SecretStore::lock_entry) (held by a token refresh from its re-read to its
+///   write) is an exclusive lock on `<file>.entry.lock`, one for all names so that the lock
+///   file reveals none; it reaches every task, instance and process using the file.
 /// * A wrong key, a changed byte or a truncated file is a typed error; the store is never
 ///   silently reset.
 ///
@@ -415,6 +419,7 @@ pub struct FileStore {
 struct Inner {
     path: PathBuf,
     lock_path: PathBuf,
+    entry_lock_path: PathBuf,
     key: KeyKind,
     keyed: Mutex<Option<Arc<Keyed>>>,
 }
@@ -439,13 +444,18 @@ impl FileStore {
     /// [`StoreError::Io`] when it cannot be read.
     pub async fn open(path: impl Into<PathBuf>, key: FileKey) -> Result<Self, StoreError> {
         let path = path.into();
-        let mut lock_name = path.file_name().unwrap_or_default().to_owned();
-        lock_name.push(".lock");
-        let lock_path = path.with_file_name(lock_name);
+        let sibling = |suffix: &str| {
+            let mut name = path.file_name().unwrap_or_default().to_owned();
+            name.push(suffix);
+            path.with_file_name(name)
+        };
+        let lock_path = sibling(".lock");
+        let entry_lock_path = sibling(".entry.lock");
         let store = Self {
             inner: Arc::new(Inner {
                 path,
                 lock_path,
+                entry_lock_path,
                 key: key.0,
                 keyed: Mutex::new(None),
             }),
@@ -556,15 +566,21 @@ impl Inner {
         Ok((map, Some(keyed)))
     }
 
-    fn update<T>(&self, f: impl FnOnce(&mut Entries) -> (bool, T)) -> Result<T, StoreError> {
-        let lock = OpenOptions::new()
+    /// Opens (creating it 0600) and exclusively locks `path`; the lock lasts as long as the file.
+    fn lock_file(&self, path: &Path) -> Result<File, StoreError> {
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode_0600()
-            .open(&self.lock_path)
-            .map_err(self.io(&self.lock_path))?;
-        lock.lock().map_err(self.io(&self.lock_path))?;
+            .open(path)
+            .map_err(self.io(path))?;
+        file.lock().map_err(self.io(path))?;
+        Ok(file)
+    }
+
+    fn update<T>(&self, f: impl FnOnce(&mut Entries) -> (bool, T)) -> Result<T, StoreError> {
+        let lock = self.lock_file(&self.lock_path)?;
         let (mut map, keyed) = self.read_with_key()?;
         let (changed, out) = f(&mut map);
         if changed {
@@ -713,6 +729,12 @@ impl SecretStore for FileStore {
             (true, true)
         })
         .await
+    }
+
+    async fn lock_entry(&self, name: &str) -> Result<EntryLock, StoreError> {
+        check_name(name)?;
+        let inner = self.inner.clone();
+        blocking(move || Ok(EntryLock::new(inner.lock_file(&inner.entry_lock_path)?))).await
     }
 }
 

@@ -3,12 +3,14 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use super::{SecretStore, SecretValue, StoreError, check_name};
+use super::{EntryLock, SecretStore, SecretValue, StoreError, check_name};
 
-/// An in-memory [`SecretStore`] for tests and ephemeral processes. Clones share the same map.
+/// An in-memory [`SecretStore`] for tests and ephemeral processes. Clones share the same map
+/// and the same [`lock_entry`](SecretStore::lock_entry) lock (one for all names).
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     map: Arc<Mutex<BTreeMap<String, SecretValue>>>,
+    entry_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemoryStore {
@@ -68,5 +70,10 @@ impl SecretStore for MemoryStore {
             None => map.remove(name),
         };
         Ok(true)
+    }
+
+    async fn lock_entry(&self, name: &str) -> Result<EntryLock, StoreError> {
+        check_name(name)?;
+        Ok(EntryLock::new(self.entry_lock.clone().lock_owned().await))
     }
 }

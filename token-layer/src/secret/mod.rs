@@ -21,6 +21,8 @@ pub use self::error::StoreError;
 pub(crate) use self::file::fuzz_file;
 pub use self::file::{FileKey, FileStore, KdfParams};
 pub use self::keyring::KeyringStore;
+#[cfg(target_os = "linux")]
+pub use self::keyring::LinuxKeyring;
 pub use self::memory::MemoryStore;
 
 /// A secret byte string: zeroized when dropped, redacted in `Debug`, never `Display`ed.
@@ -114,12 +116,61 @@ pub trait SecretStore: Send + Sync + 'static {
     ///
     /// Returns whether the swap happened. Token rotation uses this so that two writers never
     /// silently overwrite each other's refresh token.
+    ///
+    /// How far "atomically" reaches depends on the backend: across processes for
+    /// [`FileStore`], within one process only for [`KeyringStore`] (OS keyrings have no
+    /// compare-and-swap) and for [`MemoryStore`] (which lives in one process).
     fn compare_and_swap(
         &self,
         name: &str,
         expected: Option<&SecretValue>,
         new: Option<SecretValue>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Takes an exclusive lock for a read-modify-write of `name` longer than one
+    /// [`compare_and_swap`](SecretStore::compare_and_swap), such as a token refresh (read the
+    /// record, ask the token endpoint, write the rotated record). The lock is held until the
+    /// returned [`EntryLock`] drops; every caller of `lock_entry` on the same store waits for it,
+    /// while `get`, `put`, `delete` and `compare_and_swap` never do.
+    ///
+    /// Where it reaches: other processes for [`FileStore`] (a lock file next to the store);
+    /// clones of the store in this process for [`MemoryStore`] and [`KeyringStore`]. The
+    /// default implementation holds nothing, which leaves compare-and-swap as the only guard.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot take the lock ([`StoreError::Io`] for the lock file).
+    fn lock_entry(&self, name: &str) -> impl Future<Output = Result<EntryLock, StoreError>> + Send {
+        let _ = name;
+        std::future::ready(Ok(EntryLock::none()))
+    }
+}
+
+/// An exclusive lock from [`SecretStore::lock_entry`], released when dropped.
+pub struct EntryLock {
+    held: Option<Box<dyn Send + Sync>>,
+}
+
+impl EntryLock {
+    /// A lock that holds `guard` (a mutex guard, a locked file) until it drops.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            held: Some(Box::new(guard)),
+        }
+    }
+
+    /// A lock that holds nothing, for stores with nothing to lock.
+    pub fn none() -> Self {
+        Self { held: None }
+    }
+}
+
+impl fmt::Debug for EntryLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryLock")
+            .field("held", &self.held.is_some())
+            .finish()
+    }
 }
 
 impl<T: SecretStore> SecretStore for Arc<T> {
@@ -149,6 +200,10 @@ impl<T: SecretStore> SecretStore for Arc<T> {
         new: Option<SecretValue>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send {
         (**self).compare_and_swap(name, expected, new)
+    }
+
+    fn lock_entry(&self, name: &str) -> impl Future<Output = Result<EntryLock, StoreError>> + Send {
+        (**self).lock_entry(name)
     }
 }
 

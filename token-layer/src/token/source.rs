@@ -25,10 +25,23 @@ const MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 ///   re-checks after acquiring the refresh lock, so a finished refresh serves all of them.
 /// * **Backoff**: after a failed refresh, callers get [`TokenError::BackingOff`] (or the still
 ///   valid stale token) until an exponentially growing, jittered delay has passed.
+/// * **Shared store**: several processes (or sources) may share one store entry. A refresh
+///   holds the store's entry lock ([`SecretStore::lock_entry`]: across processes for a
+///   [`FileStore`](crate::secret::FileStore)) from a re-read of the record to the write of the
+///   rotated one. If another process already rotated, its newer record is adopted (served
+///   when still usable, its refresh token used otherwise) instead of refreshing with a
+///   refresh token that is no longer current.
 /// * **Rotation**: a rotated refresh token is written to the store (compare-and-swap against
 ///   the record last read) *before* any waiter gets the new access token.
-/// * **invalid_grant**: the stored tokens are deleted, an alert event is emitted and every
-///   caller gets [`TokenError::ReauthenticationRequired`] until [`TokenSource::seed`].
+/// * **invalid_grant**: the record is read again; if another writer stored a newer one
+///   meanwhile (a store whose lock does not reach the other process), it is adopted and the
+///   refresh retried with it. Otherwise exactly the rejected record is deleted
+///   (compare-and-swap, never a blind delete), an alert event is emitted and every caller gets
+///   [`TokenError::ReauthenticationRequired`] until [`TokenSource::seed`] or until another
+///   process stores a new record (re-read on each call).
+/// * **Removed record**: when the entry disappears from the store (another process's refresh
+///   token was rejected, an operator deleted it), the source requires re-authentication
+///   rather than going on with the tokens it holds in memory.
 ///
 /// Clones share the same state. The record is JSON (`access_token`, `refresh_token`,
 /// `expires_at` in Unix seconds) inside the store's encryption.
@@ -185,6 +198,22 @@ impl State {
         self.last_error = None;
     }
 
+    /// The token to serve without refreshing, if any.
+    fn ready(&self, config: &Config, accept_stale: bool) -> Option<AccessToken> {
+        match self.usable(config, Instant::now()) {
+            Usable::Fresh(t) => Some(t),
+            Usable::Stale(t) if accept_stale => Some(t),
+            _ => None,
+        }
+    }
+
+    fn clear_for_reauthentication(&mut self) {
+        self.current = None;
+        self.refresh_token = None;
+        self.record = None;
+        self.reauth = true;
+    }
+
     fn usable(&self, config: &Config, now: Instant) -> Usable {
         match &self.current {
             Some(c) if !c.rejected => {
@@ -284,7 +313,9 @@ impl<R: Refresh, S: SecretStore> TokenSource<R, S> {
         }
     }
 
-    /// Stores new tokens (after a login) and clears a re-authentication state.
+    /// Stores new tokens (after a login) and clears a re-authentication state. Waits for a
+    /// refresh in flight in another process sharing the store (the store's entry lock), so
+    /// that refresh does not overwrite the new login.
     ///
     /// # Errors
     ///
@@ -292,6 +323,7 @@ impl<R: Refresh, S: SecretStore> TokenSource<R, S> {
     pub async fn seed(&self, tokens: TokenSet) -> Result<(), TokenError> {
         let inner = &self.inner;
         let _guard = inner.refresh_lock.lock().await;
+        let _entry = inner.store.lock_entry(&inner.config.name).await?;
         let lifetime = tokens
             .expires_in
             .unwrap_or(inner.config.default_lifetime)
@@ -342,45 +374,95 @@ impl<R, S> Inner<R, S> {
     }
 }
 
+/// How many newer records stored by other writers one refresh call follows before it gives up.
+const MAX_ADOPTIONS: u32 = 3;
+
+/// What to do after the token endpoint answered `invalid_grant`.
+enum AfterInvalidGrant {
+    /// Another writer stored a newer record meanwhile: adopt it and go on.
+    Adopt,
+    /// The refresh token was really rejected.
+    Reauthenticate,
+}
+
 impl<R: Refresh, S: SecretStore> Inner<R, S> {
     /// Refreshes unless, once the refresh lock is held, a usable token is there.
     /// `accept_stale`: a token inside the refresh margin counts as usable (foreground callers);
     /// the background refresh only stops on a fresh one.
+    ///
+    /// Under the store's entry lock (which other processes sharing a [`FileStore`] respect),
+    /// the record is re-read first: a record another writer stored is adopted (served when
+    /// usable, its refresh token used otherwise), and a removed entry means re-authentication.
+    ///
+    /// [`FileStore`]: crate::secret::FileStore
     async fn refresh(&self, accept_stale: bool) -> Result<AccessToken, TokenError> {
         let _guard = self.refresh_lock.lock().await;
-        let refresh_token = {
+        {
             let state = self.lock();
-            if state.reauth {
-                return Err(TokenError::ReauthenticationRequired);
-            }
-            match state.usable(&self.config, Instant::now()) {
-                Usable::Fresh(t) => return Ok(t),
-                Usable::Stale(t) if accept_stale => return Ok(t),
-                _ => {}
-            }
-            if let Some(until) = state.backoff_until {
-                let now = Instant::now();
-                if now < until {
-                    return Err(TokenError::BackingOff {
-                        retry_in: until - now,
-                        last: state.last_error.clone().unwrap_or_default(),
-                    });
+            // A source that needs re-authentication still re-reads the store below: another
+            // process may have stored a new login.
+            if !state.reauth {
+                if let Some(token) = state.ready(&self.config, accept_stale) {
+                    return Ok(token);
+                }
+                if let Some(until) = state.backoff_until {
+                    let now = Instant::now();
+                    if now < until {
+                        return Err(TokenError::BackingOff {
+                            retry_in: until - now,
+                            last: state.last_error.clone().unwrap_or_default(),
+                        });
+                    }
                 }
             }
-            match (&state.refresh_token, &state.current, &state.record) {
-                (Some(rt), _, _) => rt.clone(),
-                (None, None, None) => {
-                    return Err(TokenError::NoToken {
-                        name: self.config.name.clone(),
-                    });
-                }
-                (None, _, _) => return Err(TokenError::NoRefreshToken),
+        }
+
+        // One refresh in flight across every process sharing the store: wait for the one
+        // holding the lock, then re-read what it stored.
+        let _entry = match tokio::time::timeout(
+            self.config.timeout,
+            self.store.lock_entry(&self.config.name),
+        )
+        .await
+        {
+            Ok(Ok(lock)) => lock,
+            Ok(Err(e)) => return self.failed(TokenError::Store(e)),
+            Err(_) => {
+                return self.failed(TokenError::Refresh(RefreshError::Timeout(
+                    self.config.timeout,
+                )));
             }
         };
 
-        let outcome =
-            match tokio::time::timeout(self.config.timeout, self.refresher.refresh(&refresh_token))
-                .await
+        let mut adoptions = 0;
+        loop {
+            if let Err(e) = self.sync_with_store().await {
+                return self.failed(e);
+            }
+            let refresh_token = {
+                let state = self.lock();
+                if state.reauth {
+                    return Err(TokenError::ReauthenticationRequired);
+                }
+                if let Some(token) = state.ready(&self.config, accept_stale) {
+                    return Ok(token);
+                }
+                match (&state.refresh_token, &state.current, &state.record) {
+                    (Some(rt), _, _) => rt.clone(),
+                    (None, None, None) => {
+                        return Err(TokenError::NoToken {
+                            name: self.config.name.clone(),
+                        });
+                    }
+                    (None, _, _) => return Err(TokenError::NoRefreshToken),
+                }
+            };
+
+            let outcome = match tokio::time::timeout(
+                self.config.timeout,
+                self.refresher.refresh(&refresh_token),
+            )
+            .await
             {
                 Ok(Ok(resp)) if resp.access_token.expose_secret().is_empty() => {
                     Err(RefreshError::InvalidResponse("empty access_token"))
@@ -389,55 +471,132 @@ impl<R: Refresh, S: SecretStore> Inner<R, S> {
                 Err(_) => Err(RefreshError::Timeout(self.config.timeout)),
             };
 
-        match outcome {
-            Ok(resp) => Ok(self.store_refreshed(resp, refresh_token).await),
-            Err(RefreshError::InvalidGrant) => {
-                {
-                    let mut state = self.lock();
-                    state.current = None;
-                    state.refresh_token = None;
-                    state.record = None;
-                    state.reauth = true;
+            match outcome {
+                Ok(resp) => return Ok(self.store_refreshed(resp, refresh_token).await),
+                Err(RefreshError::InvalidGrant) => {
+                    let may_adopt = adoptions < MAX_ADOPTIONS;
+                    match self.after_invalid_grant(may_adopt).await {
+                        Ok(AfterInvalidGrant::Adopt) => adoptions += 1,
+                        Ok(AfterInvalidGrant::Reauthenticate) => {
+                            return Err(TokenError::ReauthenticationRequired);
+                        }
+                        Err(e) => return self.failed(e),
+                    }
                 }
-                let cleared = self.store.delete(&self.config.name).await;
-                tracing::warn!(
+                Err(err) => return self.failed(TokenError::Refresh(err)),
+            }
+        }
+    }
+
+    /// Re-reads the stored record and brings memory in line with it: a record another writer
+    /// stored (a rotation by another process, a new login) is adopted; a removed entry (another
+    /// process's refresh token was rejected, or an operator deleted it) requires
+    /// re-authentication. Unchanged: nothing happens.
+    async fn sync_with_store(&self) -> Result<(), TokenError> {
+        let stored = self.store.get(&self.config.name).await?;
+        let decoded = stored
+            .as_ref()
+            .map(|record| decode_record(&self.config.name, record))
+            .transpose()?;
+        let mut state = self.lock();
+        if stored == state.record {
+            return Ok(());
+        }
+        match decoded {
+            Some(decoded) => {
+                state.apply(decoded, stored);
+                tracing::info!(
                     target: TARGET,
                     {
-                        "event.kind" = "alert",
+                        "event.kind" = "event",
                         "event.category" = "authentication",
-                        "event.action" = "token.refresh",
-                        "event.outcome" = "failure",
-                        "event.reason" = "invalid_grant",
-                        "token.store.cleared" = cleared.is_ok(),
+                        "event.action" = "token.adopt",
+                        "event.outcome" = "success",
+                        "event.reason" = "newer_record",
                     },
-                    "refresh token rejected (revoked or reused): stored tokens cleared, re-authentication required"
+                    "adopted the token record another writer stored (another process rotated or signed in)"
                 );
-                Err(TokenError::ReauthenticationRequired)
             }
-            Err(err) => {
-                let mut state = self.lock();
-                state.failures = state.failures.saturating_add(1);
-                let delay = backoff(&self.config, state.failures);
-                state.backoff_until = Some(Instant::now() + delay);
-                state.last_error = Some(err.to_string());
+            None => {
+                state.clear_for_reauthentication();
                 tracing::warn!(
                     target: TARGET,
                     {
                         "event.kind" = "event",
                         "event.category" = "authentication",
-                        "event.action" = "token.refresh",
+                        "event.action" = "token.adopt",
                         "event.outcome" = "failure",
-                        "event.reason" = %err,
-                        "token.refresh.failures" = state.failures,
-                        "token.refresh.retry_in_ms" = delay.as_millis() as u64,
+                        "event.reason" = "record_removed",
                     },
-                    "token refresh failed"
+                    "the stored token record was removed by another writer: re-authentication required"
                 );
-                match state.usable(&self.config, Instant::now()) {
-                    Usable::Fresh(t) | Usable::Stale(t) => Ok(t),
-                    Usable::No => Err(TokenError::Refresh(err)),
-                }
             }
+        }
+        Ok(())
+    }
+
+    /// After `invalid_grant`: if the record changed since it was read (another writer rotated
+    /// first), adopt it; otherwise remove exactly the rejected record (compare-and-swap, so a
+    /// record stored meanwhile survives) and require re-authentication.
+    async fn after_invalid_grant(&self, may_adopt: bool) -> Result<AfterInvalidGrant, TokenError> {
+        let rejected = self.lock().record.clone();
+        let stored = self.store.get(&self.config.name).await?;
+        if stored != rejected && may_adopt {
+            return Ok(AfterInvalidGrant::Adopt);
+        }
+        let cleared = match (&stored, &rejected) {
+            (Some(_), Some(rejected)) if stored.as_ref() == Some(rejected) => {
+                let swapped = self
+                    .store
+                    .compare_and_swap(&self.config.name, Some(rejected), None)
+                    .await?;
+                if !swapped && may_adopt {
+                    return Ok(AfterInvalidGrant::Adopt);
+                }
+                swapped
+            }
+            // Nothing stored, or a newer record this call may no longer follow: left alone.
+            _ => false,
+        };
+        self.lock().clear_for_reauthentication();
+        tracing::warn!(
+            target: TARGET,
+            {
+                "event.kind" = "alert",
+                "event.category" = "authentication",
+                "event.action" = "token.refresh",
+                "event.outcome" = "failure",
+                "event.reason" = "invalid_grant",
+                "token.store.cleared" = cleared,
+            },
+            "refresh token rejected (revoked or reused): stored tokens cleared, re-authentication required"
+        );
+        Ok(AfterInvalidGrant::Reauthenticate)
+    }
+
+    /// Records a failed attempt (backoff) and serves a still-valid token if there is one.
+    fn failed(&self, err: TokenError) -> Result<AccessToken, TokenError> {
+        let mut state = self.lock();
+        state.failures = state.failures.saturating_add(1);
+        let delay = backoff(&self.config, state.failures);
+        state.backoff_until = Some(Instant::now() + delay);
+        state.last_error = Some(err.to_string());
+        tracing::warn!(
+            target: TARGET,
+            {
+                "event.kind" = "event",
+                "event.category" = "authentication",
+                "event.action" = "token.refresh",
+                "event.outcome" = "failure",
+                "event.reason" = %err,
+                "token.refresh.failures" = state.failures,
+                "token.refresh.retry_in_ms" = delay.as_millis() as u64,
+            },
+            "token refresh failed"
+        );
+        match state.usable(&self.config, Instant::now()) {
+            Usable::Fresh(t) | Usable::Stale(t) => Ok(t),
+            Usable::No => Err(err),
         }
     }
 
