@@ -122,10 +122,10 @@ async fn pinned_leaf_key_injected_in_an_openssl_interceptors_chain_is_refused() 
         vec![s.real.leaf.spki_pin(), Authority::root("Backup").spki_pin()],
         vec![s.real.intermediate.spki_pin(), s.real.root.spki_pin()],
     ];
-    for pins in pin_sets {
-        let tls = s.client(&pins);
-        for (what, extra) in s.injected_chains() {
-            let mitm = OpensslServer::start(&s.attacker.leaf, &extra, &[]);
+    let clients: Vec<PinnedTls> = pin_sets.iter().map(|pins| s.client(pins)).collect();
+    for (what, extra) in s.injected_chains() {
+        let mitm = OpensslServer::start(&s.attacker.leaf, &extra, &[]);
+        for tls in &clients {
             let err = tls.connector().connect(mitm.uri()).await.unwrap_err();
             let failure = err
                 .pin_failure()
