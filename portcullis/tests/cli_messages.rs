@@ -404,3 +404,26 @@ async fn policy_init_gives_up_on_a_silent_server_and_refuses_plain_http() {
     assert_eq!(code(&out), 64);
     assert!(stderr(&out).contains("has no scheme"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn a_bad_ca_file_is_explained_in_words() {
+    let dir = TempDir::new("cafile");
+    let empty = dir.write("empty.pem", b"");
+    let garbage = dir.write("garbage.der", b"\x30\x03\x02\x01\x01");
+    for (file, want) in [
+        (&empty, "the file is empty"),
+        (&garbage, "not an X.509 certificate"),
+    ] {
+        for cmd in ["probe", "request"] {
+            let out = run(&[cmd, "https://localhost:1/", "--ca-file", file]).await;
+            assert_eq!(code(&out), 64, "{cmd} {file}");
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("--ca-file {file}: {want}")),
+                "{cmd}: {err}"
+            );
+            assert_no_debug(&err);
+            assert!(!err.contains("TrailingData"), "{cmd}: {err}");
+        }
+    }
+}

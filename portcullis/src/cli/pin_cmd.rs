@@ -64,6 +64,9 @@ pub(crate) fn read_certificates(
     path: &std::path::Path,
 ) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.is_empty() {
+        return Err("the file is empty (expected a PEM or DER certificate)".into());
+    }
     if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         let certs = CertificateDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
@@ -96,7 +99,9 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
     }
 }
 
-fn parse_x509(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
+pub(crate) fn parse_x509(
+    der: &[u8],
+) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
     use x509_parser::prelude::*;
     if der.is_empty() {
         return Err("the file is empty (expected a PEM or DER certificate)".into());

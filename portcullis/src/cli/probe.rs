@@ -218,6 +218,13 @@ pub(super) fn pinned_tls(
     }
     builder = match ca_file {
         Some(path) => super::pin_cmd::read_certificates(path)
+            .and_then(|certs| {
+                // Each one must parse, so that a bad file is explained in words here.
+                certs
+                    .iter()
+                    .try_for_each(|c| super::pin_cmd::parse_x509(c.as_ref()).map(drop))
+                    .map(|()| certs)
+            })
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|certs| builder.root_certificates(certs).map_err(|e| e.to_string()))
             .map_err(|e| format!("--ca-file {e}"))?,
@@ -236,8 +243,12 @@ pub(super) fn build_policy(
 ) -> Result<PinPolicy, String> {
     let mut builder = PinPolicy::builder();
     if let Some(path) = policy {
-        let file = PinPolicy::from_path(path)
-            .map_err(|e| format!("--policy {e} (the format: portcullis policy check --help)"))?;
+        let file = PinPolicy::from_path(path).map_err(|e| {
+            format!(
+                "--policy {}\n(the file format: portcullis policy check --help)",
+                e.to_string().trim_end()
+            )
+        })?;
         for entry in file.entries() {
             builder = builder.entry(entry.clone());
         }

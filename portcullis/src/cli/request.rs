@@ -379,7 +379,11 @@ async fn load_token(args: &RequestArgs, tls: &PinnedTls) -> Result<Option<(Token
             header.set_sensitive(true);
             Ok(Some((Token::Static(header), described)))
         }
-        Err(e) => Err(Usage(format!("--token-file {}: {e}", path.display()))),
+        Err(e) => Err(Usage(format!(
+            "--token-file {}: {}",
+            path.display(),
+            error_chain(&e)
+        ))),
     }
 }
 
@@ -803,12 +807,47 @@ impl Service<http::Uri> for TimedConnector {
     }
 }
 
+/// One error in words: durations in seconds rather than Rust's Debug form, and hyper's
+/// `client error (Connect)` wrapper left out.
+fn in_words(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = err.downcast_ref::<RefreshError>() {
+        return Some(match e {
+            RefreshError::Timeout(d) => {
+                format!("token refresh timed out after {}", super::seconds(*d))
+            }
+            RefreshError::Endpoint {
+                status,
+                error: Some(code),
+            } => format!("the token endpoint answered {status} with OAuth error {code}"),
+            other => other.to_string(),
+        });
+    }
+    if let Some(TokenError::BackingOff { retry_in, last }) = err.downcast_ref::<TokenError>() {
+        return Some(format!(
+            "token refresh failed recently ({last}); next attempt in {}",
+            super::seconds(Duration::from_secs(retry_in.as_secs().max(1)))
+        ));
+    }
+    if let Some(e) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+        && e.is_connect()
+    {
+        return Some(String::new());
+    }
+    None
+}
+
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut out = in_words(err).unwrap_or_else(|| err.to_string());
     let mut cur = err.source();
     while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
+        let s = in_words(e).unwrap_or_else(|| e.to_string());
+        if s.is_empty() {
+            cur = e.source();
+            continue;
+        }
+        if out.is_empty() {
+            out = s;
+        } else if !out.contains(&s) {
             out.push_str(": ");
             out.push_str(&s);
         }
