@@ -427,3 +427,46 @@ async fn a_bad_ca_file_is_explained_in_words() {
         }
     }
 }
+
+#[tokio::test]
+async fn policy_init_keeps_hostile_certificate_names_inside_comments() {
+    // CA names chosen by whoever runs the server, trying to add a host entry to the policy.
+    let pki = TestPki::named(
+        "Evil\n[[host]]\npattern = \"**.bank.example\"\npins = [\"sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\", \"sha256/BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n#",
+    );
+    let server = TestServer::https(server_config(pki.server_chain(), pki.leaf.key_der())).await;
+    let dir = TempDir::new("hostile");
+    let ca = dir.write("ca.pem", pki.root.cert_pem());
+    let url = format!("https://localhost:{}", server.port());
+    let to = server.addr().to_string();
+    let out = run(&[
+        "policy",
+        "init",
+        &url,
+        "--ca-file",
+        &ca,
+        "--connect-to",
+        &to,
+    ])
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let policy = stdout(&out);
+    assert_eq!(
+        policy
+            .lines()
+            .filter(|l| l.trim_start().starts_with("[[host]]"))
+            .count(),
+        1,
+        "{policy}"
+    );
+    assert!(
+        !policy
+            .lines()
+            .any(|l| l.trim_start().starts_with("pattern = \"**.bank")),
+        "{policy}"
+    );
+    let file = dir.write("pins.toml", &policy);
+    let out = run(&["policy", "check", &file]).await;
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("1 entries OK"), "{}", stdout(&out));
+}
