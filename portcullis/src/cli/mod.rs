@@ -36,7 +36,6 @@ enum Command {
     Request(Box<request::RequestArgs>),
 }
 
-/// Prints a one-line usage error and returns exit code 64.
 /// Parses a number of seconds (`10`, `0.5`) for `--connect-timeout` / `--max-time`.
 pub(crate) fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
     let secs: f64 = text
@@ -88,6 +87,11 @@ pub(crate) fn explain_connect_error(err: &portcullis_pin::ConnectError) -> Strin
         | TlsError::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
             "the server's certificate is not valid for this host name".into()
         }
+        TlsError::InvalidCertificate(CertificateError::BadSignature) => {
+            "the server's certificate chain does not verify: a signature does not match the \
+             trusted issuer of that name (a different CA with the same name?); check --ca-file"
+                .into()
+        }
         TlsError::InvalidCertificate(CertificateError::Revoked) => {
             "the server's certificate has been revoked".into()
         }
@@ -99,6 +103,79 @@ pub(crate) fn explain_connect_error(err: &portcullis_pin::ConnectError) -> Strin
     }
 }
 
+/// Parses `https://HOST[:PORT][/PATH]` for `what` (`probe`, `request`, ...), saying what is
+/// wrong and what is expected. Returns the URI and its host (IPv6 without brackets).
+pub(crate) fn parse_https_url(url: &str, what: &str) -> Result<(http::Uri, String), String> {
+    let expected = "expected https://HOST[:PORT][/PATH]";
+    if !url.contains("://") {
+        return Err(format!(
+            "the URL {url:?} has no scheme; {expected}, e.g. https://{}",
+            url.trim_start_matches('/')
+        ));
+    }
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("the URL {url:?} is not valid ({e}); {expected}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "{what} only speaks https:// (refusing to downgrade); {expected}"
+        ));
+    }
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("the URL {url:?} has no host; {expected}"))?
+        .to_owned();
+    Ok((uri, host))
+}
+
+/// Parses a pin, adding what a person most likely got wrong to the library's message.
+pub(crate) fn parse_pin(text: &str) -> Result<portcullis_pin::Pin, String> {
+    text.parse().map_err(|e: portcullis_pin::PinParseError| {
+        let t = text.trim();
+        let b64 = t.strip_prefix("sha256/").unwrap_or(t);
+        let looks_b64 = !b64.is_empty()
+            && b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+        if t.starts_with("sha256//") {
+            format!("{e} (sha256//<base64> is curl's form: drop one slash)")
+        } else if looks_b64 && b64.len() < 44 && b64.len() >= 42 && !b64.ends_with("==") {
+            format!(
+                "{e} (the base64 is {} characters: its trailing '=' padding seems to be missing; \
+                 a SHA-256 pin is 44 characters ending in '=')",
+                b64.len()
+            )
+        } else {
+            e.to_string()
+        }
+    })
+}
+
+/// A date-time as RFC 3339 (`2027-03-01T00:00:00Z`).
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.date().to_string())
+}
+
+/// Text from the network (certificate subjects, header values) without control characters,
+/// bounded in length, safe to print or to put in a comment.
+pub(crate) fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Prints a one-line usage error and returns exit code 64.
 pub(crate) fn usage_error(message: &str) -> ExitCode {
     eprintln!("portcullis: {message}");
     ExitCode::from(EXIT_USAGE)

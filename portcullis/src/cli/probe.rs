@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use portcullis_pin::{PinEntry, PinPolicy, PinnedTls, Position};
+use portcullis_pin::{ConnectError, PinEntry, PinPolicy, PinnedStream, PinnedTls, Position};
 
 use super::usage_error;
 
@@ -18,8 +18,19 @@ pub(super) const EXIT_TLS: u8 = 2;
 /// certificate's pin, position and expiry, and say whether the pins or policy match.
 ///
 /// Exit status: 0 on success, 1 on a pin mismatch, 2 on a connection or TLS validation
-/// failure, 64 on a usage error.
+/// failure (or a timeout), 64 on a usage error.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  \
+    portcullis probe https://example.com\n  \
+    portcullis probe https://api.example.com --pin sha256/AAAA...= --pin sha256/BBBB...=\n  \
+    portcullis probe https://api.example.com --policy pins.toml\n  \
+    portcullis probe https://localhost:8443 --ca-file ca.pem --connect-to 127.0.0.1:8443 \\\n      \
+    --connect-timeout 2 --max-time 5\n\n\
+    Exit status:\n  \
+    0   the chain validated (and a pin matched, when pins or a policy apply)\n  \
+    1   pin mismatch\n  \
+    2   connection or TLS validation failure, or a timeout\n  \
+    64  usage error")]
 pub(crate) struct ProbeArgs {
     /// `https://HOST[:PORT]`.
     url: String,
@@ -27,71 +38,106 @@ pub(crate) struct ProbeArgs {
     /// certificate fingerprint.
     #[arg(long = "pin", value_name = "PIN")]
     pins: Vec<String>,
-    /// A pin policy file (TOML, or JSON by extension).
+    /// A pin policy file (TOML, or JSON by extension; see `portcullis policy check --help`).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    #[command(flatten)]
+    conn: ConnectArgs,
+}
+
+/// Where and how long to connect: shared by `probe` and `policy init`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConnectArgs {
     /// Trust these PEM root certificates instead of the system's.
     #[arg(long, value_name = "PEM")]
-    ca_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
     /// Connect to this address while validating for the URL's host.
     #[arg(long, value_name = "ADDR:PORT")]
-    connect_to: Option<SocketAddr>,
+    pub(super) connect_to: Option<SocketAddr>,
     /// Give up when the TCP connection and TLS handshake take longer (seconds, decimals allowed).
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = super::parse_seconds)]
-    connect_timeout: Duration,
-    /// Give up when the whole probe takes longer (seconds, decimals allowed).
+    pub(super) connect_timeout: Duration,
+    /// Give up when the whole command takes longer (seconds, decimals allowed).
     #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = super::parse_seconds)]
-    max_time: Duration,
+    pub(super) max_time: Duration,
+}
+
+/// The outcome of [`handshake`].
+pub(super) enum Handshake {
+    /// Connected: standard validation passed and enforcing pins matched.
+    Done(Box<PinnedStream>),
+    /// The connection or the TLS validation failed.
+    Failed(ConnectError),
+    /// No handshake completed in time; the message says which limit.
+    TimedOut(String),
+}
+
+/// Connects to `uri` (or `--connect-to`) within the shorter of the two time limits.
+pub(super) fn handshake(
+    runtime: &tokio::runtime::Runtime,
+    tls: &PinnedTls,
+    uri: http::Uri,
+    host: &str,
+    conn: &ConnectArgs,
+) -> Handshake {
+    let mut connector = tls.connector();
+    if let Some(addr) = conn.connect_to {
+        connector = connector.connect_to(addr);
+    }
+    let limit = conn.connect_timeout.min(conn.max_time);
+    let connected =
+        runtime.block_on(async { tokio::time::timeout(limit, connector.connect(uri)).await });
+    match connected {
+        Ok(Ok(stream)) => Handshake::Done(Box::new(stream)),
+        Ok(Err(err)) => Handshake::Failed(err),
+        Err(_) => {
+            let which = if conn.connect_timeout <= conn.max_time {
+                "--connect-timeout"
+            } else {
+                "--max-time"
+            };
+            Handshake::TimedOut(format!(
+                "connection to {host} timed out after {} ({which}): no TLS handshake completed",
+                super::seconds(limit)
+            ))
+        }
+    }
+}
+
+/// A current-thread runtime for one command.
+pub(super) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 pub(crate) fn run(args: ProbeArgs) -> ExitCode {
-    let uri: http::Uri = match args.url.parse() {
+    let (uri, host) = match super::parse_https_url(&args.url, "probe") {
         Ok(u) => u,
-        Err(e) => return usage_error(&format!("invalid URL {:?}: {e}", args.url)),
-    };
-    if uri.scheme_str() != Some("https") {
-        return usage_error("probe only speaks https:// (refusing to downgrade)");
-    }
-    let Some(host) = uri.host().map(str::to_owned) else {
-        return usage_error("the URL has no host");
+        Err(e) => return usage_error(&e),
     };
     let policy = match build_policy(&host, &args.pins, args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => return usage_error(&e),
     };
-    let tls = match pinned_tls(policy, args.ca_file.as_deref(), true) {
+    let tls = match pinned_tls(policy, args.conn.ca_file.as_deref(), true) {
         Ok(t) => t,
         Err(e) => return usage_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("portcullis probe: cannot start runtime: {e}");
             return ExitCode::from(EXIT_TLS);
         }
     };
-    let mut connector = tls.connector();
-    if let Some(addr) = args.connect_to {
-        connector = connector.connect_to(addr);
-    }
-    let limit = args.connect_timeout.min(args.max_time);
-    let connected =
-        runtime.block_on(async { tokio::time::timeout(limit, connector.connect(uri)).await });
-    let Ok(connected) = connected else {
-        let which = if args.connect_timeout <= args.max_time {
-            "--connect-timeout"
-        } else {
-            "--max-time"
-        };
-        eprintln!(
-            "portcullis probe: connection to {host} timed out after {} ({which}): no TLS handshake \
-             completed",
-            super::seconds(limit)
-        );
-        return ExitCode::from(EXIT_TLS);
+    let connected = match handshake(&runtime, &tls, uri, &host, &args.conn) {
+        Handshake::Done(stream) => Ok(stream),
+        Handshake::Failed(err) => Err(err),
+        Handshake::TimedOut(message) => {
+            eprintln!("portcullis probe: {message}");
+            return ExitCode::from(EXIT_TLS);
+        }
     };
     match connected {
         Ok(stream) => {
@@ -112,7 +158,7 @@ pub(crate) fn run(args: ProbeArgs) -> ExitCode {
                 for link in chain {
                     let expiry = link
                         .not_after
-                        .map(|t| t.date().to_string())
+                        .map(super::rfc3339)
                         .unwrap_or_else(|| "-".into());
                     println!(
                         "  {:<12} {}  expires {}  {}",
@@ -172,6 +218,13 @@ pub(super) fn pinned_tls(
     }
     builder = match ca_file {
         Some(path) => super::pin_cmd::read_certificates(path)
+            .and_then(|certs| {
+                // Each one must parse, so that a bad file is explained in words here.
+                certs
+                    .iter()
+                    .try_for_each(|c| super::pin_cmd::parse_x509(c.as_ref()).map(drop))
+                    .map(|()| certs)
+            })
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|certs| builder.root_certificates(certs).map_err(|e| e.to_string()))
             .map_err(|e| format!("--ca-file {e}"))?,
@@ -190,7 +243,12 @@ pub(super) fn build_policy(
 ) -> Result<PinPolicy, String> {
     let mut builder = PinPolicy::builder();
     if let Some(path) = policy {
-        let file = PinPolicy::from_path(path).map_err(|e| e.to_string())?;
+        let file = PinPolicy::from_path(path).map_err(|e| {
+            format!(
+                "--policy {}\n(the file format: portcullis policy check --help)",
+                e.to_string().trim_end()
+            )
+        })?;
         for entry in file.entries() {
             builder = builder.entry(entry.clone());
         }
@@ -198,10 +256,7 @@ pub(super) fn build_policy(
     if !pins.is_empty() {
         let pins = pins
             .iter()
-            .map(|p| {
-                p.parse()
-                    .map_err(|e: portcullis_pin::PinParseError| e.to_string())
-            })
+            .map(|p| super::parse_pin(p))
             .collect::<Result<Vec<_>, _>>()?;
         // A probe checks given pins; the backup-pin rule is for deployed policies.
         let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -22,7 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use portcullis_attest::{Algorithm, SignLayer, SigningKey};
 use portcullis_pin::{
-    Mode, PinFailure, PinPolicy, PinnedConnector, PinnedPeer, PinnedTls, Position,
+    ConnectError, Mode, PinFailure, PinPolicy, PinnedConnector, PinnedPeer, PinnedStream,
+    PinnedTls, Position,
 };
 use portcullis_retry::retry::RetryLayer;
 use portcullis_token::token::{ClientAuth, RefreshError, TokenError, TokenResponse};
@@ -57,11 +58,14 @@ const PASSPHRASE_ENV: &str = "PORTCULLIS_PASSPHRASE";
     portcullis request -X POST -H 'content-type: application/json' -d '{\"qty\":1}' \\\n      \
     https://api.example.com/orders --sign-key device.pem --key-id device-1 -v\n  \
     PORTCULLIS_PASSPHRASE=... portcullis request https://api.example.com/v1/me \\\n      \
-    --token-file app.pcs --token-name portcullis.token\n\n\
+    --token-file app.pcs --token-name portcullis.token\n  \
+    portcullis request https://api.example.com/health --connect-timeout 2 --max-time 5\n\n\
+    A non-2xx answer prints its status line, WWW-Authenticate and portcullis-reason to stderr.\n\n\
     Exit status:\n  \
     0   a 2xx answer\n  \
     1   pin mismatch\n  \
-    2   connection or TLS failure (or anything else that stopped the request before an answer)\n  \
+    2   connection or TLS failure, a timeout (--connect-timeout, --max-time), or anything else\n      \
+    that stopped the request before an answer\n  \
     3   any other HTTP status\n  \
     4   the --token-endpoint host is not covered by an enforcing pin entry (nothing was sent)\n  \
     64  usage error")]
@@ -116,6 +120,14 @@ pub(crate) struct RequestArgs {
     /// Client id sent to the token endpoint.
     #[arg(long, value_name = "ID", default_value = "portcullis-cli")]
     client_id: String,
+    /// Give up on a connection whose TCP connect and TLS handshake take longer (seconds,
+    /// decimals allowed; each retry gets its own).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = super::parse_seconds)]
+    connect_timeout: Duration,
+    /// Give up when sending the request and reading the whole answer take longer (seconds,
+    /// decimals allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = super::parse_seconds)]
+    max_time: Duration,
     /// Print the status, headers and security outcome to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -155,19 +167,7 @@ struct Prepared {
 }
 
 fn prepare(args: &RequestArgs) -> Result<Prepared, Usage> {
-    let uri: http::Uri = args
-        .url
-        .parse()
-        .map_err(|e| Usage(format!("invalid URL {:?}: {e}", args.url)))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(Usage(
-            "request only speaks https:// (refusing to downgrade)".into(),
-        ));
-    }
-    let host = uri
-        .host()
-        .ok_or_else(|| Usage("the URL has no host".into()))?
-        .to_owned();
+    let (uri, host) = super::parse_https_url(&args.url, "request").map_err(Usage)?;
     let body = match args.data.as_deref() {
         Some(d) => match d.strip_prefix('@') {
             Some(path) => {
@@ -213,7 +213,24 @@ fn signing_key(args: &RequestArgs) -> Result<Option<SigningKey>, Usage> {
     let bytes =
         std::fs::read(path).map_err(|e| Usage(format!("--sign-key {}: {e}", path.display())))?;
     let wanted = args.alg.as_deref().and_then(Algorithm::from_name);
+    let is_pem = bytes.windows(11).any(|w| w == b"-----BEGIN ");
+    if is_pem && let Some(kind) = public_pem_kind(&bytes) {
+        return Err(Usage(format!(
+            "--sign-key {}: this is a public key ({kind}), a private key is needed to sign: \
+             a PKCS#8 PEM file (-----BEGIN PRIVATE KEY-----), or the raw shared secret with \
+             --alg hmac-sha256",
+            path.display()
+        )));
+    }
     let key = if wanted == Some(Algorithm::HmacSha256) {
+        if is_pem {
+            return Err(Usage(format!(
+                "--sign-key {} is a PEM key file, but --alg hmac-sha256 signs with a raw shared \
+                 secret (the file's bytes, at least 32); pass the secret file, or drop --alg to \
+                 sign with the PEM key's own algorithm",
+                path.display()
+            )));
+        }
         SigningKey::hmac_sha256(keyid.as_str(), &SecretSlice::from(bytes))
             .map_err(|e| Usage(format!("--sign-key {}: {e}", path.display())))?
     } else {
@@ -238,6 +255,22 @@ fn signing_key(args: &RequestArgs) -> Result<Option<SigningKey>, Usage> {
         key
     };
     Ok(Some(key))
+}
+
+/// What a PEM file holding no private key holds instead, if it holds a public key or
+/// certificate.
+fn public_pem_kind(pem: &[u8]) -> Option<&'static str> {
+    let has = |label: &[u8]| pem.windows(label.len()).any(|w| w == label);
+    if has(b"PRIVATE KEY-----") {
+        return None;
+    }
+    if has(b"-----BEGIN PUBLIC KEY-----") || has(b"-----BEGIN RSA PUBLIC KEY-----") {
+        Some("-----BEGIN PUBLIC KEY-----")
+    } else if has(b"-----BEGIN CERTIFICATE-----") {
+        Some("a certificate, which holds only the public key")
+    } else {
+        None
+    }
 }
 
 // ----- Tokens. -----
@@ -346,7 +379,11 @@ async fn load_token(args: &RequestArgs, tls: &PinnedTls) -> Result<Option<(Token
             header.set_sensitive(true);
             Ok(Some((Token::Static(header), described)))
         }
-        Err(e) => Err(Usage(format!("--token-file {}: {e}", path.display()))),
+        Err(e) => Err(Usage(format!(
+            "--token-file {}: {}",
+            path.display(),
+            error_chain(&e)
+        ))),
     }
 }
 
@@ -480,7 +517,12 @@ async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
     if let Some(addr) = args.connect_to {
         connector = connector.connect_to(addr);
     }
-    let hyper: Client<PinnedConnector, Full<Bytes>> =
+    let connector = TimedConnector {
+        inner: connector,
+        limit: args.connect_timeout,
+        host: prepared.host.clone(),
+    };
+    let hyper: Client<TimedConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
     let sent = Arc::new(Mutex::new(Sent::default()));
     let tap = sent.clone();
@@ -530,7 +572,17 @@ async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
         req.headers_mut().insert(AUTHORIZATION, value);
     }
 
-    let result = client.oneshot(req).await;
+    let deadline = tokio::time::Instant::now() + args.max_time;
+    let timed_out = || {
+        eprintln!(
+            "portcullis request: operation timed out after {} (--max-time) with no complete answer",
+            super::seconds(args.max_time)
+        );
+        Ok(ExitCode::from(EXIT_TLS))
+    };
+    let Ok(result) = tokio::time::timeout_at(deadline, client.oneshot(req)).await else {
+        return timed_out();
+    };
     let sent = lock(&sent).clone();
     let verbose = args.verbose;
     let token_line = |refreshed_now: bool| {
@@ -564,7 +616,14 @@ async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
                     token_line(refreshed_now),
                 );
             }
-            let body = match res.into_body().collect().await {
+            if !verbose && !status.is_success() {
+                print_status(&res);
+            }
+            let Ok(collected) = tokio::time::timeout_at(deadline, res.into_body().collect()).await
+            else {
+                return timed_out();
+            };
+            let body = match collected {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
                     eprintln!("portcullis request: the response body failed: {e}");
@@ -595,7 +654,16 @@ async fn send(args: &RequestArgs) -> Result<ExitCode, Usage> {
             if verbose && let Some(line) = token_line(refreshed_now) {
                 eprintln!("* {line}");
             }
-            eprintln!("portcullis request: {}", error_chain(&*err));
+            let message = if let Some(t) = find::<ConnectTimedOut>(&*err) {
+                t.to_string()
+            } else if let Some(c) = find::<ConnectError>(&*err)
+                && c.tls_error().is_some()
+            {
+                super::explain_connect_error(c)
+            } else {
+                error_chain(&*err)
+            };
+            eprintln!("portcullis request: {message}");
             Ok(ExitCode::from(EXIT_TLS))
         }
     }
@@ -644,18 +712,142 @@ fn print_outcome(
     if sent.attempts > 1 {
         let _ = writeln!(err, "* attempts: {}", sent.attempts);
     }
-    let _ = writeln!(err, "< {:?} {}", res.version(), res.status());
+    let version = match res.version() {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    };
+    let _ = writeln!(err, "< {version} {}", res.status());
     for (name, value) in res.headers() {
         let _ = writeln!(err, "< {name}: {}", value.to_str().unwrap_or("<binary>"));
     }
 }
 
+/// The status line and the headers that say why, for a non-2xx answer without `-v`.
+fn print_status(res: &Response<Incoming>) {
+    let mut err = std::io::stderr().lock();
+    let status = res.status();
+    let _ = writeln!(
+        err,
+        "portcullis request: the server answered {} {}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for name in ["www-authenticate", "portcullis-reason"] {
+        for value in res.headers().get_all(name) {
+            let value = super::printable(&String::from_utf8_lossy(value.as_bytes()), 512);
+            let _ = writeln!(err, "< {name}: {value}");
+        }
+    }
+}
+
+/// The first error of type `T` in the chain.
+fn find<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// No TLS connection within `--connect-timeout`.
+#[derive(Debug)]
+struct ConnectTimedOut {
+    host: String,
+    after: Duration,
+}
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connection to {} timed out after {} (--connect-timeout): no TLS handshake completed",
+            self.host,
+            super::seconds(self.after)
+        )
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+/// The pinned connector with a time limit on each connection (TCP connect plus handshake).
+#[derive(Clone)]
+struct TimedConnector {
+    inner: PinnedConnector,
+    limit: Duration,
+    host: String,
+}
+
+impl Service<http::Uri> for TimedConnector {
+    type Response = PinnedStream;
+    type Error = BoxError;
+    type Future = BoxFuture<PinnedStream>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connect = self.inner.call(uri);
+        let (limit, host) = (self.limit, self.host.clone());
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connect).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut { host, after: limit }) as BoxError),
+            }
+        })
+    }
+}
+
+/// One error in words: durations in seconds rather than Rust's Debug form, and hyper's
+/// `client error (Connect)` wrapper left out.
+fn in_words(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(e) = err.downcast_ref::<RefreshError>() {
+        return Some(match e {
+            RefreshError::Timeout(d) => {
+                format!("token refresh timed out after {}", super::seconds(*d))
+            }
+            RefreshError::Endpoint {
+                status,
+                error: Some(code),
+            } => format!("the token endpoint answered {status} with OAuth error {code}"),
+            other => other.to_string(),
+        });
+    }
+    if let Some(TokenError::BackingOff { retry_in, last }) = err.downcast_ref::<TokenError>() {
+        return Some(format!(
+            "token refresh failed recently ({last}); next attempt in {}",
+            super::seconds(Duration::from_secs(retry_in.as_secs().max(1)))
+        ));
+    }
+    if let Some(e) = err.downcast_ref::<hyper_util::client::legacy::Error>()
+        && e.is_connect()
+    {
+        return Some(String::new());
+    }
+    None
+}
+
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut out = in_words(err).unwrap_or_else(|| err.to_string());
     let mut cur = err.source();
     while let Some(e) = cur {
-        let s = e.to_string();
-        if !out.contains(&s) {
+        let s = in_words(e).unwrap_or_else(|| e.to_string());
+        if s.is_empty() {
+            cur = e.source();
+            continue;
+        }
+        if out.is_empty() {
+            out = s;
+        } else if !out.contains(&s) {
             out.push_str(": ");
             out.push_str(&s);
         }
