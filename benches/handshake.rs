@@ -34,7 +34,11 @@ fn full(c: &mut Criterion) {
             "{arm:?}: not a full handshake"
         );
         group.bench_function(arm.name(), |b| {
-            b.iter(|| black_box(handshake(&client, &setup.server)))
+            b.iter(|| {
+                let out = handshake(&client, &setup.server);
+                assert_eq!(out.kind, HandshakeKind::Full);
+                black_box(out)
+            })
         });
     }
     group.finish();
@@ -57,7 +61,7 @@ fn resumed(c: &mut Criterion) {
         group.bench_function(arm.name(), |b| {
             b.iter(|| {
                 let out = handshake(&client, &setup.server);
-                debug_assert_eq!(out.kind, HandshakeKind::Resumed);
+                assert_eq!(out.kind, HandshakeKind::Resumed);
                 black_box(out)
             })
         });

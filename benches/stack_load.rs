@@ -18,7 +18,8 @@
 //!
 //! Without arguments (as `cargo test --all-targets` runs it) it is a quick smoke check: every
 //! client arm and every server arm answers 200 (through a real second process for the
-//! servers), the server stack refuses the load generator without a token, and the bounded
+//! servers), the server stack refuses the load generator without a token (with 401 and a
+//! Bearer challenge, checked on a signed request without a token), and the bounded
 //! structures stay within their bounds under a small flood.
 
 use std::collections::HashMap;
@@ -1134,6 +1135,47 @@ fn memory_report(n: u64) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------------
 // Smoke check (cargo test --all-targets)
 
+/// One GET to `port`, HMAC-signed as the load generator signs, without a bearer token: the
+/// status and the `WWW-Authenticate` challenge.
+async fn signed_get_without_token(
+    tls: &Tls,
+    keys: &RunKeys,
+    port: u16,
+) -> Result<(StatusCode, Option<String>), BoxError> {
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(tls.pki.root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let key = SigningKey::hmac_sha256(KEY_ID, &SecretSlice::from(keys.hmac.clone()))?;
+    let mut signed = SignLayer::new(key).layer(service_fn(move |mut req: Request<Body>| {
+        let sender = sender.clone();
+        async move {
+            *req.uri_mut() = Uri::from_static(PATH);
+            sender.lock().await.send_request(req).await
+        }
+    }));
+    let req = Request::get(format!("https://localhost:{port}{PATH}"))
+        .header(header::HOST, format!("localhost:{port}"))
+        .body(Body::default())?;
+    let res = ServiceExt::<Request<Body>>::ready(&mut signed)
+        .await?
+        .call(req)
+        .await?;
+    let challenge = res
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((res.status(), challenge))
+}
+
 fn smoke() -> Result<(), BoxError> {
     let tls = Tls::new();
 
@@ -1173,6 +1215,16 @@ fn smoke() -> Result<(), BoxError> {
         (out.ok, out.errors),
         (0, 3),
         "the stack must refuse a missing token"
+    );
+    // The refusal is the bearer check's: 401 with a Bearer challenge, for a request that is
+    // signed like the load generator's and lacks only the token.
+    let (status, challenge) = rt.block_on(signed_get_without_token(&tls, &keys, stack_port))?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "missing token");
+    assert!(
+        challenge
+            .as_deref()
+            .is_some_and(|c| c.starts_with("Bearer")),
+        "missing token: WWW-Authenticate {challenge:?}"
     );
     // The full stack's audit records carry the events its layers raised (the audit-only
     // arm shares the auditor; its records have none).

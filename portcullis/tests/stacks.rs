@@ -494,10 +494,9 @@ fn refused_with_alert(
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && let Some(inner) = io.get_ref()
+            && (inner.to_string() == message || refused_with_alert(inner, alert))
         {
-            if inner.to_string() == message || refused_with_alert(inner, alert) {
-                return true;
-            }
+            return true;
         }
         cur = e.source();
     }
