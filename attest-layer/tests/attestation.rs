@@ -280,6 +280,11 @@ async fn the_client_hook_attaches_the_platform_token_end_to_end() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401, "no token from the platform: refused");
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Attestation realm=\"api\", error=\"attestation_missing\"",
+        "every 401 carries a challenge"
+    );
 }
 
 /// An App Check style issuer whose tokens are encoded by `jsonwebtoken` (not by this crate),

@@ -207,3 +207,26 @@ fn keyring_held_file_key_round_trip() {
         .output();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn reading_a_store_that_does_not_exist_says_so_and_creates_nothing() {
+    let dir = tmp("missing");
+    let file = dir.join("typo.bin");
+    for args in [&["get", "api"][..], &["list"][..], &["delete", "api"][..]] {
+        let out = secret(&file, Some("pw"), args, None);
+        assert_one_line_failure(&out, "no secret store at");
+        assert!(
+            stderr(&out).contains("the first `put` creates it"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!file.exists(), "{args:?} must not create the store");
+    }
+    // Only put creates it.
+    let out = secret(&file, Some("pw"), &["put", "api"], Some(b"s3cret\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(file.exists());
+    let out = secret(&file, Some("pw"), &["list"], None);
+    assert_eq!(stdout(&out).trim(), "api");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -228,6 +228,15 @@ fn reject<ResBody: Default>(err: &AttestationError) -> Response<ResBody> {
     };
     res.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(err.as_str()));
+    if res.status() == StatusCode::UNAUTHORIZED
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "Attestation realm=\"api\", error=\"{}\"",
+            err.as_str()
+        ))
+    {
+        // RFC 9110 §11.6.1: every 401 carries a challenge.
+        res.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
     res
 }
 

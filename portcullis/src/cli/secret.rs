@@ -167,6 +167,14 @@ fn store_error(e: StoreError) -> String {
 }
 
 async fn execute(args: SecretArgs) -> Result<(), String> {
+    // Only `put` creates a store: reading a file that is not there is a mistake (a wrong path),
+    // not an empty store, and must not leave a new key in the keyring either.
+    if !matches!(args.action, SecretAction::Put { .. }) && !args.file.exists() {
+        return Err(format!(
+            "no secret store at {}: the file does not exist (the first `put` creates it)",
+            args.file.display()
+        ));
+    }
     let key = key_for(&args).await?;
     let store = FileStore::open(&args.file, key)
         .await
