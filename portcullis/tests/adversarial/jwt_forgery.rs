@@ -217,7 +217,7 @@ impl Api {
 #[tokio::test]
 async fn alg_none_and_hs256_with_the_public_keys_bytes_are_refused() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let (rsa, ec) = (
         IssuerKey::new(Algorithm::RS256, "rsa-1"),
         IssuerKey::new(Algorithm::ES256, "ec-1"),
@@ -257,7 +257,7 @@ async fn key_confusion_is_refused_even_where_an_hmac_secret_is_also_configured()
     // A server that takes HS256 too (its own secret): the forged HS256 token names the RSA
     // key's kid, or none, and is still refused; the genuine HMAC token passes.
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let rsa = IssuerKey::new(Algorithm::RS256, "rsa-1");
     let ec = IssuerKey::new(Algorithm::ES256, "ec-1");
     let secret = [0x5a_u8; 32];
@@ -301,7 +301,7 @@ async fn key_confusion_is_refused_even_where_an_hmac_secret_is_also_configured()
 #[tokio::test]
 async fn expired_wrong_audience_wrong_issuer_and_unknown_kid_are_refused() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let rsa = IssuerKey::new(Algorithm::RS256, "rsa-1");
     let api = api(vec![rsa.verification.clone()]).await;
     let t = now();
@@ -349,7 +349,7 @@ async fn expired_wrong_audience_wrong_issuer_and_unknown_kid_are_refused() {
 #[tokio::test]
 async fn embedded_header_keys_and_swapped_or_stripped_signatures_are_refused() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let rsa = IssuerKey::new(Algorithm::RS256, "rsa-1");
     let api = api(vec![rsa.verification.clone()]).await;
     let attacker = IssuerKey::new(Algorithm::RS256, "attacker");

@@ -76,7 +76,7 @@ async fn settle(server: &TestServer, n: usize) {
 #[tokio::test]
 async fn a_pin_failure_is_never_retried() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let pki = TestPki::new();
     let server = TestServer::https(server_config(pki.server_chain(), pki.leaf.key_der())).await;
     let other = TestPki::named("Other");
@@ -105,7 +105,7 @@ async fn a_pin_failure_is_never_retried() {
 #[tokio::test]
 async fn certificate_failures_are_never_retried() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let pki = TestPki::new();
     let stranger = TestPki::named("Stranger");
     let cases = [
@@ -177,7 +177,7 @@ fn post(url: String, key: Option<&str>) -> Request<Full<Bytes>> {
 #[tokio::test]
 async fn a_post_that_reached_the_server_is_never_sent_again() {
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let pki = TestPki::new();
     let tls = pinned(&[&pki.root], [pki.leaf.spki_pin(), pki.root.spki_pin()]);
 

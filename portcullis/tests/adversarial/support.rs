@@ -228,6 +228,15 @@ impl Logs {
             .with(tracing_subscriber::filter::LevelFilter::TRACE)
     }
 
+    /// Makes [`Logs::subscriber`] this thread's default and rebuilds the callsites' cached
+    /// interest, so that a callsite another test's subscriber registered first (and found
+    /// uninteresting) is not skipped here.
+    pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let guard = tracing::subscriber::set_default(self.subscriber());
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
+
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }

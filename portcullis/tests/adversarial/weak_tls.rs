@@ -143,7 +143,7 @@ async fn control_the_same_openssl_server_with_aead_suites_is_accepted_and_pinned
 async fn serve_tls_refuses_tls10_and_tls11_clients() {
     let pki = TestPki::new();
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = logs.install();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let config = testkit::server::server_config(pki.server_chain(), pki.leaf.key_der());
