@@ -123,6 +123,16 @@ fn rejected(alg: Algorithm, e: impl fmt::Display) -> KeyError {
 impl SigningKey {
     /// Generates a fresh ed25519 key.
     ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, SigningKey};
+    ///
+    /// let key = SigningKey::generate_ed25519("device-1")?;
+    /// assert_eq!((key.keyid(), key.algorithm()), ("device-1", Algorithm::Ed25519));
+    /// let signature = key.sign(b"signature base")?;
+    /// assert!(key.verifying_key().verify(b"signature base", &signature));
+    /// # Ok::<(), portcullis_attest::KeyError>(())
+    /// ```
+    ///
     /// # Errors
     /// When the system random generator fails.
     pub fn generate_ed25519(keyid: impl Into<Arc<str>>) -> Result<Self, KeyError> {
@@ -132,6 +142,16 @@ impl SigningKey {
     }
 
     /// Generates a fresh ECDSA P-256 key.
+    ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, SigningKey};
+    ///
+    /// let key = SigningKey::generate_ecdsa_p256("device-1")?;
+    /// assert_eq!(key.algorithm(), Algorithm::EcdsaP256Sha256);
+    /// // Publish the public half (for a JWKS the server loads):
+    /// assert_eq!(key.public_jwk().unwrap()["crv"], "P-256");
+    /// # Ok::<(), portcullis_attest::KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// When the system random generator fails.
@@ -143,6 +163,18 @@ impl SigningKey {
     }
 
     /// An `hmac-sha256` key from a shared secret of at least 32 bytes.
+    ///
+    /// ```
+    /// use portcullis_attest::{KeyError, SigningKey};
+    /// use secrecy::SecretSlice;
+    ///
+    /// let secret = SecretSlice::from(b"a shared secret of at least 32 bytes".to_vec());
+    /// let key = SigningKey::hmac_sha256("backend-1", &secret)?;
+    /// assert!(key.public_jwk().is_none()); // nothing to publish
+    /// let short = SecretSlice::from(b"short".to_vec());
+    /// assert!(matches!(SigningKey::hmac_sha256("backend-1", &short), Err(KeyError::ShortSecret(5))));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// [`KeyError::ShortSecret`] for a secret under 32 bytes.
@@ -164,6 +196,22 @@ impl SigningKey {
     }
 
     /// A key from PKCS#8 DER bytes (ed25519 or P-256), or the raw secret for `hmac-sha256`.
+    ///
+    /// ```
+    /// use base64::Engine as _;
+    /// use portcullis_attest::{Algorithm, SigningKey};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // `openssl genpkey -algorithm ed25519 -outform DER`
+    /// let der = base64::engine::general_purpose::STANDARD
+    ///     .decode("MC4CAQAwBQYDK2VwBCIEIOuWJSgUpvrw2Z5LDb9KTe+UfInAvlwOd8e0Si+9c6mw")?;
+    /// let key = SigningKey::from_pkcs8_der("device-1", Algorithm::Ed25519, &der)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// // The bytes must be a key for the algorithm asked for.
+    /// assert!(SigningKey::from_pkcs8_der("device-1", Algorithm::EcdsaP256Sha256, &der).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// When the bytes are not a valid key for `alg`.
@@ -202,6 +250,19 @@ impl SigningKey {
 
     /// A key from PEM text: `PRIVATE KEY` (PKCS#8, ed25519 or P-256) or `EC PRIVATE KEY` (SEC1, P-256).
     ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, SigningKey};
+    ///
+    /// // `openssl genpkey -algorithm ed25519`; in a service, `std::fs::read_to_string(path)?`.
+    /// let pem = "-----BEGIN PRIVATE KEY-----
+    /// MC4CAQAwBQYDK2VwBCIEIOuWJSgUpvrw2Z5LDb9KTe+UfInAvlwOd8e0Si+9c6mw
+    /// -----END PRIVATE KEY-----";
+    /// let key = SigningKey::from_pem("device-1", pem)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// assert!(matches!(SigningKey::from_pem("device-1", "not pem"), Err(KeyError::Pem(_))));
+    /// # Ok::<(), KeyError>(())
+    /// ```
+    ///
     /// # Errors
     /// When the PEM holds no private key of a supported kind.
     pub fn from_pem(keyid: impl Into<Arc<str>>, pem: &str) -> Result<Self, KeyError> {
@@ -225,6 +286,20 @@ impl SigningKey {
 
     /// A key from a private JWK: `OKP`/`Ed25519`, `EC`/`P-256` or `oct` (HMAC). The `kid`
     /// member names the key unless `keyid` is given.
+    ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, SigningKey};
+    ///
+    /// let jwk = r#"{"kty":"OKP","crv":"Ed25519","kid":"device-1",
+    ///     "d":"65YlKBSm-vDZnksNv0pN75R8icC-XA53x7RKL71zqbA",
+    ///     "x":"0XpkPdYR44JljMsQ8JBGw0iXxgJNF3YG6VkE8sXT_mU"}"#;
+    /// let key = SigningKey::from_jwk(None, jwk)?;
+    /// assert_eq!((key.keyid(), key.algorithm()), ("device-1", Algorithm::Ed25519));
+    /// // A public JWK (no "d") is no signing key.
+    /// let public = key.public_jwk().unwrap().to_string();
+    /// assert!(matches!(SigningKey::from_jwk(None, &public), Err(KeyError::Jwk(_))));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// When the JSON is not a supported private JWK.
@@ -291,7 +366,61 @@ impl SigningKey {
         }
     }
 
+    /// An ed25519 key from its raw 32-byte seed (the private key as libsodium, OpenSSH and
+    /// most HSM exports hold it).
+    ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, SigningKey};
+    /// use secrecy::SecretSlice;
+    ///
+    /// let seed = SecretSlice::from(vec![7u8; 32]);
+    /// let key = SigningKey::from_ed25519_seed("device-1", &seed)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// let short = SecretSlice::from(vec![7u8; 31]);
+    /// assert!(matches!(SigningKey::from_ed25519_seed("device-1", &short), Err(KeyError::Rejected { .. })));
+    /// # Ok::<(), KeyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`KeyError::Rejected`] when the seed is not 32 bytes.
+    pub fn from_ed25519_seed(
+        keyid: impl Into<Arc<str>>,
+        seed: &SecretSlice<u8>,
+    ) -> Result<Self, KeyError> {
+        let seed = seed.expose_secret();
+        if seed.len() != 32 {
+            return Err(rejected(
+                Algorithm::Ed25519,
+                format_args!("seed is {} bytes, expected 32", seed.len()),
+            ));
+        }
+        let kp = Ed25519KeyPair::from_seed_unchecked(seed)
+            .map_err(|e| rejected(Algorithm::Ed25519, e))?;
+        let public = VerifyingKey::from_raw_public(Algorithm::Ed25519, kp.public_key().as_ref())?;
+        Ok(Self {
+            keyid: keyid.into(),
+            alg: Algorithm::Ed25519,
+            inner: Arc::new(SigningInner::Ed25519(kp)),
+            public,
+        })
+    }
+
     /// Loads the key named `name` from a secret source (a keyring, secure storage).
+    ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, SigningKey};
+    /// use secrecy::SecretSlice;
+    ///
+    /// // Any `Fn(&str) -> Result<SecretSlice<u8>, KeyError>` is a source.
+    /// let keyring = |name: &str| match name {
+    ///     "device-key" => Ok(SecretSlice::from(vec![9u8; 32])),
+    ///     other => Err(KeyError::Source(format!("no entry {other:?}"))),
+    /// };
+    /// let key = SigningKey::from_source("backend-1", Algorithm::HmacSha256, &keyring, "device-key")?;
+    /// assert_eq!(key.algorithm(), Algorithm::HmacSha256);
+    /// assert!(SigningKey::from_source("backend-1", Algorithm::HmacSha256, &keyring, "missing").is_err());
+    /// # Ok::<(), KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// When the source fails or its bytes are not a key for `alg`.
@@ -384,6 +513,20 @@ impl fmt::Debug for VerifyingKey {
 impl VerifyingKey {
     /// A public key from raw bytes: 32 bytes for ed25519, an uncompressed or SPKI P-256 point.
     ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, SigningKey, VerifyingKey};
+    ///
+    /// let device = SigningKey::generate_ed25519("device-1")?;
+    /// let jwk = device.public_jwk().unwrap();
+    /// # use base64::Engine as _;
+    /// # let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+    /// // `raw`: the 32 public key bytes, as a device enrolment message carries them.
+    /// let key = VerifyingKey::from_raw_public(Algorithm::Ed25519, &raw)?;
+    /// assert!(key.verify(b"base", &device.sign(b"base")?));
+    /// assert!(VerifyingKey::from_raw_public(Algorithm::EcdsaP256Sha256, &raw).is_err());
+    /// # Ok::<(), KeyError>(())
+    /// ```
+    ///
     /// # Errors
     /// When the bytes are not a valid public key for `alg`, or `alg` is symmetric.
     pub fn from_raw_public(alg: Algorithm, bytes: &[u8]) -> Result<Self, KeyError> {
@@ -410,16 +553,78 @@ impl VerifyingKey {
 
     /// A public key from `PUBLIC KEY` PEM (SPKI); the algorithm is read from the key.
     ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, VerifyingKey};
+    ///
+    /// // `openssl pkey -pubout`; in a service, `std::fs::read_to_string(path)?`.
+    /// let pem = "-----BEGIN PUBLIC KEY-----
+    /// MCowBQYDK2VwAyEA0XpkPdYR44JljMsQ8JBGw0iXxgJNF3YG6VkE8sXT/mU=
+    /// -----END PUBLIC KEY-----";
+    /// let key = VerifyingKey::from_public_pem(pem)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// assert!(VerifyingKey::from_public_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+    /// # Ok::<(), KeyError>(())
+    /// ```
+    ///
     /// # Errors
     /// When the PEM is not an ed25519 or P-256 public key.
     pub fn from_public_pem(pem: &str) -> Result<Self, KeyError> {
         let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| KeyError::Pem(e.to_string()))?;
-        Self::from_raw_public(Algorithm::Ed25519, der.as_ref())
-            .or_else(|_| Self::from_raw_public(Algorithm::EcdsaP256Sha256, der.as_ref()))
+        Self::from_public_der(der.as_ref())
+    }
+
+    /// A public key from `SubjectPublicKeyInfo` DER (`openssl pkey -pubout -outform DER`); the
+    /// algorithm is read from the key.
+    ///
+    /// ```
+    /// use base64::Engine as _;
+    /// use portcullis_attest::{Algorithm, VerifyingKey};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let der = base64::engine::general_purpose::STANDARD
+    ///     .decode("MCowBQYDK2VwAyEA0XpkPdYR44JljMsQ8JBGw0iXxgJNF3YG6VkE8sXT/mU=")?;
+    /// let key = VerifyingKey::from_public_der(&der)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// // The bare key without its SPKI wrapping is refused (use `from_raw_public`).
+    /// assert!(VerifyingKey::from_public_der(&der[12..]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`KeyError::Rejected`] when the DER is not an ed25519 or P-256 SPKI public key.
+    pub fn from_public_der(der: &[u8]) -> Result<Self, KeyError> {
+        // A bare key is not SPKI: `from_raw_public` would take it, this loader must not.
+        if der.len() <= 32 || der.first() != Some(&0x30) {
+            return Err(KeyError::Rejected {
+                alg: "spki",
+                reason: "not a DER SubjectPublicKeyInfo (SEQUENCE); expected an ed25519 or \
+                         P-256 public key"
+                    .into(),
+            });
+        }
+        Self::from_raw_public(Algorithm::Ed25519, der)
+            .or_else(|_| Self::from_raw_public(Algorithm::EcdsaP256Sha256, der))
+            .map_err(|_| KeyError::Rejected {
+                alg: "spki",
+                reason: "not an ed25519 or P-256 SubjectPublicKeyInfo".into(),
+            })
     }
 
     /// An `hmac-sha256` verification key from the shared secret.
+    ///
+    /// ```
+    /// use portcullis_attest::{KeyError, SigningKey, VerifyingKey};
+    /// use secrecy::SecretSlice;
+    ///
+    /// let secret = SecretSlice::from(b"a shared secret of at least 32 bytes".to_vec());
+    /// let key = VerifyingKey::hmac_sha256(&secret)?;
+    /// let tag = SigningKey::hmac_sha256("backend-1", &secret)?.sign(b"base")?;
+    /// assert!(key.verify(b"base", &tag));
+    /// assert!(!key.verify(b"other base", &tag));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// [`KeyError::ShortSecret`] for a secret under 32 bytes.
@@ -436,6 +641,20 @@ impl VerifyingKey {
     }
 
     /// A public key from a public JWK (`OKP`/`Ed25519` or `EC`/`P-256`).
+    ///
+    /// ```
+    /// use portcullis_attest::{Algorithm, KeyError, VerifyingKey};
+    ///
+    /// let jwk = serde_json::json!({
+    ///     "kty": "OKP", "crv": "Ed25519", "x": "0XpkPdYR44JljMsQ8JBGw0iXxgJNF3YG6VkE8sXT_mU",
+    /// });
+    /// let key = VerifyingKey::from_jwk(&jwk)?;
+    /// assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    /// // A JWKS file of device keys: `JwksKeys::from_json(&std::fs::read_to_string(path)?)`.
+    /// let rsa = serde_json::json!({"kty": "RSA", "n": "AQAB", "e": "AQAB"});
+    /// assert!(matches!(VerifyingKey::from_jwk(&rsa), Err(KeyError::Jwk(_))));
+    /// # Ok::<(), KeyError>(())
+    /// ```
     ///
     /// # Errors
     /// When the JWK is not a supported public key.

@@ -110,7 +110,7 @@ pub use crate::builder::ServiceBuilderExt;
 pub use crate::clock::{Clock, SystemClock, TokioClock};
 pub use crate::components::{Component, RequestParts};
 pub use crate::digest::DigestAlgorithm;
-pub use crate::dpop::{DpopLayer, VerifyDpopLayer};
+pub use crate::dpop::{DpopLayer, VerifiedDpop, VerifyDpopLayer};
 pub use crate::error::{BoxError, BuildError, HeaderError, KeyError, SignError};
 pub use crate::key::{Algorithm, SecretSource, SigningKey, VerifyingKey};
 pub use crate::params::SignatureParams;

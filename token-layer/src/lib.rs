@@ -10,7 +10,7 @@
 //! * [`bearer`]: [`BearerLayer`], the client half: `Authorization: Bearer` marked sensitive,
 //!   one replay after a `401 invalid_token` when the body could be buffered.
 //! * [`require`]: [`RequireBearerLayer`], the server half: JWT validation (EdDSA, ES256,
-//!   RS256, HS256; static keys or a background-refreshed JWKS), `exp`/`nbf`/`iss`/`aud`,
+//!   RS256, HS256; static keys, a JWKS file or a background-refreshed JWKS), `exp`/`nbf`/`iss`/`aud`,
 //!   maximum lifetime, `jti` deny list, RFC 6750 challenges and per-route scopes. Verified
 //!   claims ([`VerifiedClaims`], with the DPoP `cnf.jkt`) land in request extensions.
 //!

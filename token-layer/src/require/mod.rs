@@ -24,6 +24,10 @@
 //! A [`ScopeTable`] rule for `GET` also covers `HEAD`. A [`Jwks`] is fetched over `https` only
 //! (plain http to a loopback test issuer through [`danger::jwks_from_loopback_http`]), each
 //! fetch bounded by [`Jwks::fetch_timeout`], with no lock held while it runs.
+//! A static set loads once from a file or text ([`Jwks::from_file`], [`Jwks::from_json`]) and
+//! never fetches; single keys load from PEM, DER, a JWK or an HMAC secret
+//! ([`VerificationKey`]). [`JwkSet`], [`Jwk`] and [`Algorithm`] are re-exported from
+//! `jsonwebtoken` so no other crate is needed to name them.
 
 mod claims;
 pub mod danger;
@@ -37,8 +41,8 @@ mod validator;
 pub use self::claims::VerifiedClaims;
 pub use self::future::ResponseFuture;
 pub use self::keys::{
-    DEFAULT_FETCH_TIMEOUT, Jwks, JwksError, JwksRefreshHandle, JwksUriError, KeyError,
-    VerificationKey,
+    DEFAULT_FETCH_TIMEOUT, Jwks, JwksError, JwksLoadError, JwksRefreshHandle, JwksUriError,
+    KeyError, VerificationKey,
 };
 pub use self::layer::RequireBearerLayer;
 pub use self::scopes::ScopeTable;
@@ -47,3 +51,4 @@ pub use self::validator::{
     BuildError, DenyList, JtiDenyList, JwtValidator, JwtValidatorBuilder, ValidationError,
 };
 pub use jsonwebtoken::Algorithm;
+pub use jsonwebtoken::jwk::{Jwk, JwkSet};
