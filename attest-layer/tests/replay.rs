@@ -543,6 +543,9 @@ async fn redis_servers_with_config_disabled_are_accepted_with_a_loud_warning() {
     let events = Events::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+    // Another test's dispatcher may have registered the callsite first: recompute its interest
+    // now that this thread's subscriber exists.
+    tracing::callsite::rebuild_interest_cache();
     // As managed Redis services do: CONFIG is renamed away.
     let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
     let cache = RedisReplayCache::connect(&redis.url()).await.unwrap();

@@ -122,6 +122,7 @@ async fn name_without_a_canonical_form_fails_closed() {
     let tls = cas.client();
     let events = Arc::new(Mutex::new(Vec::new()));
     let _guard = tracing::subscriber::set_default(capture(events.clone()));
+    tracing::callsite::rebuild_interest_cache();
     for ca in [&cas.second, &cas.legit] {
         let server = serve(ca, name).await;
         let err = connect(&tls, &server, name).await.unwrap_err();

@@ -217,6 +217,7 @@ fn capture() -> (Events, tracing::subscriber::DefaultGuard) {
     let guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(Capture(events.clone())),
     );
+    tracing::callsite::rebuild_interest_cache();
     (events, guard)
 }
 
