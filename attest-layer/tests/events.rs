@@ -48,7 +48,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
 #[tokio::test]
 async fn verification_outcomes_are_ecs_security_events_without_secrets() {
     let events: Events = Arc::default();
-    let _guard = tracing::subscriber::set_default(
+    let _guard = testkit::subscriber::set_default(
         tracing_subscriber::registry().with(Capture(events.clone())),
     );
 

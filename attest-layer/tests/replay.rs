@@ -542,10 +542,7 @@ async fn redis_servers_with_config_disabled_are_accepted_with_a_loud_warning() {
     use tracing_subscriber::layer::SubscriberExt as _;
     let events = Events::default();
     let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
-    // Another test's dispatcher may have registered the callsite first: recompute its interest
-    // now that this thread's subscriber exists.
-    tracing::callsite::rebuild_interest_cache();
+        testkit::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
     // As managed Redis services do: CONFIG is renamed away.
     let redis = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
     let cache = RedisReplayCache::connect(&redis.url()).await.unwrap();

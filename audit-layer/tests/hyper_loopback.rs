@@ -41,7 +41,7 @@ async fn hyper_server_and_client_over_loopback_record_and_enforce() {
         .build()
         .unwrap();
     let subscriber = tracing_subscriber::registry().with(auditor.collector());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = testkit::subscriber::set_default(subscriber);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

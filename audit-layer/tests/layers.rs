@@ -61,7 +61,7 @@ fn install(auditor: &Auditor) -> (Captured, tracing::subscriber::DefaultGuard) {
     let subscriber = tracing_subscriber::registry()
         .with(auditor.collector())
         .with(captured.clone());
-    (captured, tracing::subscriber::set_default(subscriber))
+    (captured, testkit::subscriber::set_default(subscriber))
 }
 
 fn get(path: &str) -> Request<String> {

@@ -719,7 +719,7 @@ async fn match_callback_and_tracing_event_fire() {
         .build()
         .unwrap();
     let logs = capture_logs();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = testkit::subscriber::set_default(logs.subscriber());
     get(&client(&tls), &server.url("/")).await.unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
@@ -749,7 +749,7 @@ async fn expiry_warning_event_is_emitted_once_as_the_date_approaches() {
         .unwrap();
     let tls = tls_for(&pki, p);
     let logs = capture_logs();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
+    let _guard = testkit::subscriber::set_default(logs.subscriber());
     for _ in 0..2 {
         get(&client(&tls), &server.url("/")).await.unwrap();
     }

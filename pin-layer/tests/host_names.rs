@@ -124,8 +124,7 @@ async fn a_name_without_a_canonical_form_fails_closed() {
     let second = TestPki::named("Second Trusted");
     let tls = tls(&legit, &second, None);
     let logs = Logs::default();
-    let _guard = tracing::subscriber::set_default(logs.subscriber());
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = testkit::subscriber::set_default(logs.subscriber());
     for (pki, what) in [(&second, "second CA"), (&legit, "legit CA")] {
         let server = serve(pki, name).await;
         let err = connect(&tls, &server, name).await.unwrap_err();

@@ -60,7 +60,7 @@ async fn full_client_stack_against_full_server_stack_over_mutual_pinned_tls() {
     let auditor = Auditor::builder().sink(records.clone()).build().unwrap();
     // Current-thread runtime: the collector sees the events of both sides.
     let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.collector()));
+        testkit::subscriber::set_default(tracing_subscriber::registry().with(auditor.collector()));
 
     // --- Server: every step of the preset stack, served with mTLS by serve_tls. ---
     let pki = TestPki::new();

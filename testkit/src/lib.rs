@@ -7,6 +7,7 @@ pub mod legacy;
 pub mod pki;
 pub mod redis;
 pub mod server;
+pub mod subscriber;
 
 use std::net::{SocketAddr, TcpListener};
 

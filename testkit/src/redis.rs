@@ -82,7 +82,9 @@ impl RedisServer {
             if let Ok(Some(_)) = child.try_wait() {
                 break; // exited: port taken
             }
-            if TcpStream::connect(crate::loopback(self.port)).is_ok() {
+            // Another test's server may hold the port while ours fails to bind: only a
+            // server that reports our child's pid is ours.
+            if pid_listening_on(self.port) == Some(child.id()) {
                 self.child = Some(child);
                 return true;
             }
@@ -157,6 +159,31 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// The `process_id` reported by `INFO server` from whatever answers on `127.0.0.1:port`.
+fn pid_listening_on(port: u16) -> Option<u32> {
+    let mut stream =
+        TcpStream::connect_timeout(&crate::loopback(port), Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    let mut buf = [0u8; 4096];
+    // Read until the process_id line is complete (the bulk reply is a few kilobytes).
+    loop {
+        if let Some(rest) = answer.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 || answer.len() > 64 * 1024 {
+            return None;
+        }
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
 }
 

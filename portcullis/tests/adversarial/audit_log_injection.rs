@@ -95,7 +95,7 @@ async fn hostile_paths_and_keyids_never_forge_or_break_audit_lines() {
         .with(auditor.collector())
         .with(logs.layer())
         .with(tracing_subscriber::filter::LevelFilter::TRACE);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = testkit::subscriber::set_default(subscriber);
 
     let key = SigningKey::generate_ed25519("device-1").unwrap();
     let reached = Arc::new(AtomicUsize::new(0));

@@ -121,8 +121,7 @@ async fn name_without_a_canonical_form_fails_closed() {
     let cas = Cas::new();
     let tls = cas.client();
     let events = Arc::new(Mutex::new(Vec::new()));
-    let _guard = tracing::subscriber::set_default(capture(events.clone()));
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = testkit::subscriber::set_default(capture(events.clone()));
     for ca in [&cas.second, &cas.legit] {
         let server = serve(ca, name).await;
         let err = connect(&tls, &server, name).await.unwrap_err();

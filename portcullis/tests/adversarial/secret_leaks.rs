@@ -115,7 +115,7 @@ async fn no_secret_reaches_tracing_audit_records_debug_or_errors() {
         .with(auditor.collector())
         .with(logs.layer())
         .with(tracing_subscriber::filter::LevelFilter::TRACE);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = testkit::subscriber::set_default(subscriber);
     let mut seen: Vec<String> = Vec::new();
 
     let (at1, at2) = (access_token("t1"), access_token("t2"));

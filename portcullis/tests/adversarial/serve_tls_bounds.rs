@@ -214,10 +214,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
 /// Captures this thread's events (the test runtime is single-threaded, so the server's too).
 fn capture() -> (Events, tracing::subscriber::DefaultGuard) {
     let events = Events::default();
-    let guard = tracing::subscriber::set_default(
+    let guard = testkit::subscriber::set_default(
         tracing_subscriber::registry().with(Capture(events.clone())),
     );
-    tracing::callsite::rebuild_interest_cache();
     (events, guard)
 }
 

@@ -228,13 +228,10 @@ impl Logs {
             .with(tracing_subscriber::filter::LevelFilter::TRACE)
     }
 
-    /// Makes [`Logs::subscriber`] this thread's default and rebuilds the callsites' cached
-    /// interest, so that a callsite another test's subscriber registered first (and found
-    /// uninteresting) is not skipped here.
+    /// Makes [`Logs::subscriber`] this thread's default ([`testkit::subscriber::set_default`]:
+    /// no event lost to another test thread's cached interest).
     pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let guard = tracing::subscriber::set_default(self.subscriber());
-        tracing::callsite::rebuild_interest_cache();
-        guard
+        testkit::subscriber::set_default(self.subscriber())
     }
 
     pub(crate) fn text(&self) -> String {
