@@ -93,8 +93,8 @@ pub mod components;
 pub mod digest;
 pub mod dpop;
 pub mod error;
-#[doc(hidden)]
-pub mod fuzzing;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod key;
 pub mod params;
 pub mod replay;

@@ -1,6 +1,6 @@
 //! Runs the fuzz target's entry function over tricky inputs on every `cargo test`.
 
-use portcullis_attest::fuzzing::parse_signature_headers;
+use portcullis_attest::fuzz::parse_signature_headers;
 
 #[test]
 fn the_header_parsers_survive_tricky_inputs() {

@@ -38,7 +38,7 @@
 
 mod builder;
 mod client;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod layer;
 mod observe;

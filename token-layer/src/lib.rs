@@ -88,7 +88,7 @@
 
 pub mod bearer;
 mod builder;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod header;
 pub mod require;

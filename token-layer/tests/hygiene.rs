@@ -56,7 +56,8 @@ async fn no_secret_reaches_debug_display_errors_or_tracing() {
     let dir = std::env::temp_dir().join(format!("portcullis-hygiene-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("s.pcs");
-    let key = FileKey::passphrase(PASS).with_kdf_params(KdfParams::insecure_for_tests());
+    let key = FileKey::passphrase(PASS)
+        .with_kdf_params(portcullis_token::secret::danger::insecure_kdf_params());
     seen.push(format!("{key:?}"));
     let store = FileStore::open(&path, key).await.unwrap();
     store.put("v", SecretValue::from(VALUE)).await.unwrap();
@@ -64,7 +65,8 @@ async fn no_secret_reaches_debug_display_errors_or_tracing() {
     seen.push(format!("{value:?} {store:?}"));
     let err = FileStore::open(
         &path,
-        FileKey::passphrase(VALUE).with_kdf_params(KdfParams::insecure_for_tests()),
+        FileKey::passphrase(VALUE)
+            .with_kdf_params(portcullis_token::secret::danger::insecure_kdf_params()),
     )
     .await
     .unwrap_err();

@@ -24,7 +24,7 @@ fn raw_key(byte: u8) -> FileKey {
 }
 
 fn pass(p: &str) -> FileKey {
-    FileKey::passphrase(p).with_kdf_params(KdfParams::insecure_for_tests())
+    FileKey::passphrase(p).with_kdf_params(portcullis_token::secret::danger::insecure_kdf_params())
 }
 
 #[tokio::test]

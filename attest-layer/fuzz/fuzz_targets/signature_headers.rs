@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    portcullis_attest::fuzzing::parse_signature_headers(data);
+    portcullis_attest::fuzz::parse_signature_headers(data);
 });

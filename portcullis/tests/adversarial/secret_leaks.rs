@@ -169,7 +169,8 @@ async fn no_secret_reaches_tracing_audit_records_debug_or_errors() {
         },
     );
     let dir = TempDir::new("leaks");
-    let file_key = FileKey::passphrase(PASSPHRASE).with_kdf_params(KdfParams::insecure_for_tests());
+    let file_key = FileKey::passphrase(PASSPHRASE)
+        .with_kdf_params(portcullis::token::secret::danger::insecure_kdf_params());
     seen.push(format!("{file_key:?} {refresher:?} {signing:?}"));
     let store = FileStore::open(dir.path().join("tokens.pcs"), file_key)
         .await

@@ -28,7 +28,7 @@ fn raw(byte: u8) -> FileKey {
 }
 
 fn pass(p: &str) -> FileKey {
-    FileKey::passphrase(p).with_kdf_params(KdfParams::insecure_for_tests())
+    FileKey::passphrase(p).with_kdf_params(portcullis::token::secret::danger::insecure_kdf_params())
 }
 
 /// A store at `dir/name` holding [`SECRET`] and a token record written by a `TokenSource`.

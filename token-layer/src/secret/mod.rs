@@ -8,6 +8,7 @@
 //!
 //! Values are [`SecretValue`]s: zeroized on drop, redacted in `Debug`, compared in constant time.
 
+pub mod danger;
 mod error;
 mod file;
 mod keyring;
@@ -18,6 +19,7 @@ use std::{fmt, future::Future, sync::Arc};
 use secrecy::{ExposeSecret, SecretSlice};
 
 pub use self::error::StoreError;
+#[cfg(feature = "fuzzing")]
 pub(crate) use self::file::fuzz_file;
 pub use self::file::{FileKey, FileStore, KdfParams};
 pub use self::keyring::KeyringStore;

@@ -10,8 +10,10 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use self::error::{RefreshError, TokenError};
+#[cfg(feature = "fuzzing")]
 pub(crate) use self::oauth::parse_token_response;
 pub use self::oauth::{ClientAuth, OAuthRefresh};
+#[cfg(feature = "fuzzing")]
 pub(crate) use self::source::fuzz_record;
 pub use self::source::{TokenSource, TokenSourceBuilder};
 

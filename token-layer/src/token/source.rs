@@ -764,6 +764,7 @@ fn decode_record(name: &str, record: &SecretValue) -> Result<Decoded, TokenError
     })
 }
 
+#[cfg(feature = "fuzzing")]
 /// Fuzz entry: decodes a stored token record.
 pub(crate) fn fuzz_record(data: &[u8]) {
     let _ = decode_record("fuzz", &SecretValue::new(data.to_vec()));

@@ -1,4 +1,5 @@
-//! The encrypted file store.
+//! The encrypted file store: [`FileStore`], its key ([`FileKey`], [`KdfParams`]) and its file
+//! format (see `format.rs`).
 //!
 //! # File format (version 1)
 //!
@@ -14,8 +15,10 @@
 //! The plaintext is `count u32 BE` then, per entry, `name_len u16 BE, name, value_len u32 BE,
 //! value`: names and values never appear in clear text.
 
+mod format;
+mod kdf;
+
 use std::{
-    collections::BTreeMap,
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
@@ -23,376 +26,15 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use aws_lc_rs::{
-    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
-    hmac,
-};
-use secrecy::{ExposeSecret, SecretString};
+use aws_lc_rs::aead::{Aad, NONCE_LEN, Nonce};
 use zeroize::{Zeroize, Zeroizing};
 
+use self::format::{
+    Entries, MAGIC, MAX_FILE_LEN, MAX_VALUE_LEN, aead_key, decode_entries, encode_entries, parse,
+};
+pub use self::kdf::{FileKey, KdfParams};
+use self::kdf::{KdfHeader, KeyKind, Keyed, derive, random};
 use super::{EntryLock, SecretStore, SecretValue, StoreError, check_name};
-
-const MAGIC: &[u8; 8] = b"PCSTORE1";
-const KDF_RAW: u8 = 0;
-const KDF_ARGON2ID: u8 = 1;
-const SALT_LEN: usize = 16;
-const CHECK_LEN: usize = 16;
-const TAG_LEN: usize = 16;
-const KEY_LEN: usize = 32;
-/// Files larger than this are refused instead of read into memory.
-const MAX_FILE_LEN: u64 = 16 * 1024 * 1024;
-/// The largest value the file store accepts.
-const MAX_VALUE_LEN: usize = 1024 * 1024;
-
-/// Argon2id cost parameters for passphrase-derived keys. They are recorded in the file header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    m_cost_kib: u32,
-    t_cost: u32,
-    p_cost: u32,
-}
-
-impl KdfParams {
-    /// The default: 64 MiB, 3 passes, 1 lane (above OWASP's Argon2id minimum).
-    pub const DEFAULT: Self = Self {
-        m_cost_kib: 64 * 1024,
-        t_cost: 3,
-        p_cost: 1,
-    };
-
-    /// Custom costs: memory in KiB (at least 8 MiB), passes (at least 1), lanes (1 to 16).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::Kdf`] when a cost is below the floor or above what Argon2 accepts.
-    pub fn new(m_cost_kib: u32, t_cost: u32, p_cost: u32) -> Result<Self, StoreError> {
-        let params = Self {
-            m_cost_kib,
-            t_cost,
-            p_cost,
-        };
-        params.check(true)?;
-        Ok(params)
-    }
-
-    /// Cheap parameters for tests only (1 MiB, 1 pass): never use them for real secrets.
-    #[doc(hidden)]
-    pub fn insecure_for_tests() -> Self {
-        Self {
-            m_cost_kib: 1024,
-            t_cost: 1,
-            p_cost: 1,
-        }
-    }
-
-    fn check(&self, enforce_floor: bool) -> Result<(), StoreError> {
-        let floor = if enforce_floor { 8 * 1024 } else { 1024 };
-        if self.m_cost_kib < floor || self.m_cost_kib > 4 * 1024 * 1024 {
-            return Err(StoreError::Kdf {
-                reason: format!(
-                    "memory cost {} KiB out of range, expected {floor} to 4194304",
-                    self.m_cost_kib
-                ),
-            });
-        }
-        if self.t_cost == 0 || self.t_cost > 64 {
-            return Err(StoreError::Kdf {
-                reason: format!("{} passes out of range, expected 1 to 64", self.t_cost),
-            });
-        }
-        if self.p_cost == 0 || self.p_cost > 16 {
-            return Err(StoreError::Kdf {
-                reason: format!("{} lanes out of range, expected 1 to 16", self.p_cost),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Default for KdfParams {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-/// Where the file store's encryption key comes from.
-#[derive(Clone)]
-pub struct FileKey(KeyKind);
-
-#[derive(Clone)]
-enum KeyKind {
-    Raw(Arc<Zeroizing<[u8; KEY_LEN]>>),
-    Passphrase(SecretString, KdfParams),
-}
-
-impl FileKey {
-    /// A raw 256-bit key (for example one kept in the OS keyring, see
-    /// [`KeyringStore::file_key`](super::KeyringStore::file_key)).
-    pub fn raw(key: [u8; KEY_LEN]) -> Self {
-        Self(KeyKind::Raw(Arc::new(Zeroizing::new(key))))
-    }
-
-    /// A passphrase stretched with Argon2id ([`KdfParams::DEFAULT`]) and a random per-file salt.
-    pub fn passphrase(passphrase: impl Into<SecretString>) -> Self {
-        Self(KeyKind::Passphrase(passphrase.into(), KdfParams::DEFAULT))
-    }
-
-    /// Sets the Argon2id costs used when this key creates a new file. An existing file keeps
-    /// the costs in its header.
-    pub fn with_kdf_params(self, params: KdfParams) -> Self {
-        match self.0 {
-            KeyKind::Passphrase(p, _) => Self(KeyKind::Passphrase(p, params)),
-            raw => Self(raw),
-        }
-    }
-}
-
-impl fmt::Debug for FileKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            KeyKind::Raw(_) => f.write_str("FileKey::Raw([REDACTED])"),
-            KeyKind::Passphrase(_, params) => {
-                write!(f, "FileKey::Passphrase([REDACTED], {params:?})")
-            }
-        }
-    }
-}
-
-/// The header fields that decide the key.
-#[derive(Clone, PartialEq, Eq)]
-enum KdfHeader {
-    Raw,
-    Argon2id {
-        params: KdfParams,
-        salt: [u8; SALT_LEN],
-    },
-}
-
-impl KdfHeader {
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            KdfHeader::Raw => out.push(KDF_RAW),
-            KdfHeader::Argon2id { params, salt } => {
-                out.push(KDF_ARGON2ID);
-                out.extend_from_slice(&params.m_cost_kib.to_be_bytes());
-                out.extend_from_slice(&params.t_cost.to_be_bytes());
-                out.extend_from_slice(&params.p_cost.to_be_bytes());
-                out.extend_from_slice(salt);
-            }
-        }
-    }
-}
-
-/// A derived key and the header it belongs to.
-struct Keyed {
-    header: KdfHeader,
-    key: Zeroizing<[u8; KEY_LEN]>,
-    check: [u8; CHECK_LEN],
-}
-
-fn key_check(key: &[u8; KEY_LEN]) -> [u8; CHECK_LEN] {
-    let tag = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, key),
-        b"portcullis key check v1",
-    );
-    let mut out = [0u8; CHECK_LEN];
-    out.copy_from_slice(&tag.as_ref()[..CHECK_LEN]);
-    out
-}
-
-fn derive(kind: &KeyKind, header: &KdfHeader) -> Result<Keyed, StoreError> {
-    let key = match (kind, header) {
-        (KeyKind::Raw(key), _) => Zeroizing::new(***key),
-        (KeyKind::Passphrase(pass, _), KdfHeader::Argon2id { params, salt }) => {
-            params.check(false)?;
-            let argon_params = argon2::Params::new(
-                params.m_cost_kib,
-                params.t_cost,
-                params.p_cost,
-                Some(KEY_LEN),
-            )
-            .map_err(|e| StoreError::Kdf {
-                reason: e.to_string(),
-            })?;
-            let argon = argon2::Argon2::new(
-                argon2::Algorithm::Argon2id,
-                argon2::Version::V0x13,
-                argon_params,
-            );
-            let mut out = Zeroizing::new([0u8; KEY_LEN]);
-            argon
-                .hash_password_into(pass.expose_secret().as_bytes(), salt, out.as_mut())
-                .map_err(|e| StoreError::Kdf {
-                    reason: e.to_string(),
-                })?;
-            out
-        }
-        (KeyKind::Passphrase(..), KdfHeader::Raw) => {
-            // A passphrase cannot open a raw-key file: report it as a wrong key.
-            let mut zero = Zeroizing::new([0u8; KEY_LEN]);
-            aws_lc_rs::rand::fill(zero.as_mut()).map_err(|_| StoreError::Kdf {
-                reason: "system random generator failed".into(),
-            })?;
-            zero
-        }
-    };
-    let check = key_check(&key);
-    Ok(Keyed {
-        header: header.clone(),
-        key,
-        check,
-    })
-}
-
-fn random<const N: usize>() -> Result<[u8; N], StoreError> {
-    let mut out = [0u8; N];
-    aws_lc_rs::rand::fill(&mut out).map_err(|_| StoreError::Kdf {
-        reason: "system random generator failed".into(),
-    })?;
-    Ok(out)
-}
-
-struct Parsed<'a> {
-    header: KdfHeader,
-    check: [u8; CHECK_LEN],
-    aad: &'a [u8],
-    nonce: [u8; NONCE_LEN],
-    sealed: &'a [u8],
-}
-
-fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<Parsed<'a>, StoreError> {
-    let truncated = |expected: usize| StoreError::Truncated {
-        path: path.to_owned(),
-        len: data.len() as u64,
-        expected: expected as u64,
-    };
-    if data.len() < MAGIC.len() {
-        if data.is_empty() || MAGIC.starts_with(data) {
-            return Err(truncated(MAGIC.len() + 1 + CHECK_LEN + NONCE_LEN + TAG_LEN));
-        }
-        return Err(StoreError::NotAStore {
-            path: path.to_owned(),
-            reason: "missing the PCSTORE1 magic bytes",
-        });
-    }
-    if &data[..MAGIC.len()] != MAGIC {
-        return Err(StoreError::NotAStore {
-            path: path.to_owned(),
-            reason: if data.starts_with(b"PCSTORE") {
-                "unsupported format version (expected 1)"
-            } else {
-                "missing the PCSTORE1 magic bytes"
-            },
-        });
-    }
-    let mut pos = MAGIC.len();
-    let kdf = *data
-        .get(pos)
-        .ok_or_else(|| truncated(pos + 1 + CHECK_LEN + NONCE_LEN + TAG_LEN))?;
-    pos += 1;
-    let header = match kdf {
-        KDF_RAW => KdfHeader::Raw,
-        KDF_ARGON2ID => {
-            let need = pos + 12 + SALT_LEN;
-            let Some(bytes) = data.get(pos..need) else {
-                return Err(truncated(need + CHECK_LEN + NONCE_LEN + TAG_LEN));
-            };
-            let word =
-                |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-            let mut salt = [0u8; SALT_LEN];
-            salt.copy_from_slice(&bytes[12..]);
-            pos = need;
-            KdfHeader::Argon2id {
-                params: KdfParams {
-                    m_cost_kib: word(0),
-                    t_cost: word(4),
-                    p_cost: word(8),
-                },
-                salt,
-            }
-        }
-        _ => {
-            return Err(StoreError::NotAStore {
-                path: path.to_owned(),
-                reason: "unknown key derivation kind",
-            });
-        }
-    };
-    let min = pos + CHECK_LEN + NONCE_LEN + TAG_LEN;
-    if data.len() < min {
-        return Err(truncated(min));
-    }
-    let mut check = [0u8; CHECK_LEN];
-    check.copy_from_slice(&data[pos..pos + CHECK_LEN]);
-    pos += CHECK_LEN;
-    let aad = &data[..pos];
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&data[pos..pos + NONCE_LEN]);
-    pos += NONCE_LEN;
-    Ok(Parsed {
-        header,
-        check,
-        aad,
-        nonce,
-        sealed: &data[pos..],
-    })
-}
-
-type Entries = BTreeMap<String, SecretValue>;
-
-fn decode_entries(path: &Path, plain: &[u8]) -> Result<Entries, StoreError> {
-    // The plaintext is authenticated, so a malformed one means a bug or a forged key; still
-    // never panic on it.
-    let corrupt = || StoreError::NotAStore {
-        path: path.to_owned(),
-        reason: "authenticated content is malformed",
-    };
-    let mut rest = plain;
-    let mut take = |n: usize| -> Result<&[u8], StoreError> {
-        if rest.len() < n {
-            return Err(corrupt());
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let count = u32::from_be_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
-    let mut map = Entries::new();
-    for _ in 0..count {
-        let name_len = u16::from_be_bytes(take(2)?.try_into().map_err(|_| corrupt())?);
-        let name = std::str::from_utf8(take(name_len.into())?)
-            .map_err(|_| corrupt())?
-            .to_owned();
-        let value_len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| corrupt())?);
-        let value = take(value_len as usize)?.to_vec();
-        map.insert(name, SecretValue::new(value));
-    }
-    if !rest.is_empty() {
-        return Err(corrupt());
-    }
-    Ok(map)
-}
-
-fn encode_entries(map: &Entries) -> Zeroizing<Vec<u8>> {
-    let size = 4 + map
-        .iter()
-        .map(|(k, v)| 2 + k.len() + 4 + v.len())
-        .sum::<usize>();
-    let mut out = Zeroizing::new(Vec::with_capacity(size + TAG_LEN));
-    out.extend_from_slice(&(map.len() as u32).to_be_bytes());
-    for (name, value) in map {
-        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value.expose());
-    }
-    out
-}
-
-fn aead_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
-    // AES-256-GCM accepts every 32-byte key.
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap_or_else(|_| unreachable!()))
-}
 
 /// An encrypted file [`SecretStore`]: every name and value sealed with AES-256-GCM in one file.
 ///
@@ -738,13 +380,14 @@ impl SecretStore for FileStore {
     }
 }
 
+#[cfg(feature = "fuzzing")]
 /// Fuzz entry: parses a store file header and, as if it were decrypted, its entry table.
 pub(crate) fn fuzz_file(data: &[u8]) {
     let path = Path::new("fuzz");
     if let Ok(parsed) = parse(path, data) {
         // A raw key opens only raw-key headers; the AEAD check must fail cleanly.
         if let Ok(keyed) = derive(
-            &KeyKind::Raw(Arc::new(Zeroizing::new([0u8; KEY_LEN]))),
+            &KeyKind::Raw(Arc::new(Zeroizing::new([0u8; format::KEY_LEN]))),
             &KdfHeader::Raw,
         ) {
             let mut buf = parsed.sealed.to_vec();
